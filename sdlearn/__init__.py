@@ -1,0 +1,1 @@
+"""sdlearn: Stable Diffusion v1 rebuilt piece by piece in Keras 3."""
