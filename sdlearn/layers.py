@@ -34,7 +34,19 @@ def attention(q, k, v, causal=False):
     return ops.einsum("bhqk,bkhd->bqhd", attention_weights(q, k, causal), v)
 
 
-class MultiHeadAttention(keras.layers.Layer):
+class Composite(keras.layers.Layer):
+    """Base for layers made only of other Keras layers.
+
+    The sublayers create their own weights on their first call, so there is nothing to build
+    here. Saying so matters for speed: without a ``build``, Keras traces ``call`` once more
+    just to discover the weights, and nested layers multiply those traces.
+    """
+
+    def build(self, input_shape):
+        pass  # each sublayer builds itself when call() first runs it
+
+
+class MultiHeadAttention(Composite):
     """Queries from ``x``; keys and values from ``context`` (cross-attention) or from ``x``.
 
     x: (B, Tq, C), context: (B, Tk, C_ctx) -> (B, Tq, num_heads * head_size).

@@ -9,7 +9,7 @@ import keras
 from keras import ops
 
 from sdlearn.config import TextEncoderConfig
-from sdlearn.layers import MultiHeadAttention, PublishedWeights
+from sdlearn.layers import Composite, MultiHeadAttention, PublishedWeights
 
 
 def quick_gelu(x):
@@ -17,7 +17,7 @@ def quick_gelu(x):
     return x * ops.sigmoid(1.702 * x)
 
 
-class TokenAndPositionEmbedding(keras.layers.Layer):
+class TokenAndPositionEmbedding(Composite):
     """x_i = E[token_i] + P[i]: a learned vector per token id plus one per position.
 
     (B, 77) int -> (B, 77, width). Attention itself ignores order; P tells the model where
@@ -34,7 +34,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         return self.token_embedding(tokens) + self.position_embedding(positions)[None]
 
 
-class CLIPLayer(keras.layers.Layer):
+class CLIPLayer(Composite):
     """One pre-norm transformer layer: (B, T, width) -> (B, T, width).
 
     x = x + Attention(LN(x))          causal self-attention, num_heads heads

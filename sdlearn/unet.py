@@ -17,8 +17,8 @@ import keras
 from keras import ops
 
 from sdlearn.config import UNetConfig
-from sdlearn.layers import (MultiHeadAttention, PublishedWeights, ResBlock, conv, downsample,
-                            group_norm, upsample)
+from sdlearn.layers import (Composite, MultiHeadAttention, PublishedWeights, ResBlock, conv,
+                            downsample, group_norm, upsample)
 
 
 def timestep_embedding(timesteps, dim, max_period=10000):
@@ -34,7 +34,7 @@ def timestep_embedding(timesteps, dim, max_period=10000):
     return ops.concatenate([ops.cos(angles), ops.sin(angles)], axis=-1)
 
 
-class SpatialTransformer(keras.layers.Layer):
+class SpatialTransformer(Composite):
     """Attention over the pixels of a feature map: (B, H, W, C) -> (B, H, W, C), residual.
 
     GN, 1x1 conv, flatten to (B, H*W, C) tokens, then one transformer block:

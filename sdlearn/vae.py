@@ -9,11 +9,11 @@ import keras
 from keras import ops
 
 from sdlearn.config import VAEConfig
-from sdlearn.layers import (PublishedWeights, ResBlock, attention, conv, downsample, group_norm,
-                            upsample)
+from sdlearn.layers import (Composite, PublishedWeights, ResBlock, attention, conv, downsample,
+                            group_norm, upsample)
 
 
-class VAEAttention(keras.layers.Layer):
+class VAEAttention(Composite):
     """One-head self-attention over pixels: (B, H, W, C) -> (B, H, W, C), residual.
 
     Used once, at the lowest resolution, so the decoder can make far-apart pixels agree.

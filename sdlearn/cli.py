@@ -1,0 +1,102 @@
+"""The ``sdlearn`` command: generate an image, download the SD v1.4 weights.
+
+    sdlearn generate "a red circle in the top left on a white background" -o out.png
+    sdlearn generate "an astronaut riding a horse" --model sd-v1 --size 512 -o horse.png
+    sdlearn download
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="sdlearn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="text to image")
+    generate.add_argument("prompt")
+    generate.add_argument("-o", "--output", default="out.png", type=Path,
+                          help="PNG path (with --batch-size N: name-0.png ... name-(N-1).png)")
+    generate.add_argument("--model", choices=("tiny", "sd-v1"), default="tiny",
+                          help="tiny: shipped, offline (default); sd-v1: SD v1.4 weights")
+    generate.add_argument("--weights", choices=("default", "random"), default="default",
+                          help="random: untrained weights, to try the code without a download")
+    generate.add_argument("--download", action="store_true",
+                          help="with --model sd-v1: download missing weights first")
+    generate.add_argument("--negative-prompt", default=None)
+    generate.add_argument("--steps", type=int, default=50)
+    generate.add_argument("--guidance", type=float, default=7.5)
+    generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--batch-size", type=int, default=1)
+    generate.add_argument("--size", type=int, nargs="+", metavar="PIXELS",
+                          help="one side for a square image, or HEIGHT WIDTH")
+    generate.add_argument("--no-xla", action="store_true", help="do not jit-compile with XLA")
+
+    commands.add_parser("download", help="fetch SD v1.4 (text encoder, UNet, VAE; 4.3 GB) "
+                        "into $SDLEARN_CACHE (default ~/.cache/sdlearn)")
+    return parser
+
+
+def _save_png(image, path, metadata):
+    """Write atomically: a PNG appears complete or not at all."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for key, value in metadata.items():
+        info.add_text(key, str(value))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".png.part")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            Image.fromarray(image).save(f, format="PNG", pnginfo=info)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def generate(args):
+    from sdlearn.pipeline import StableDiffusion
+
+    weights = None if args.weights == "random" else "default"
+    sd = StableDiffusion(args.model, weights=weights, download=args.download,
+                         jit_compile=not args.no_xla)
+    images = sd.text_to_image(args.prompt, negative_prompt=args.negative_prompt,
+                              batch_size=args.batch_size, num_steps=args.steps,
+                              guidance_scale=args.guidance, seed=args.seed,
+                              image_size=tuple(args.size) if args.size else None)
+    metadata = {"prompt": args.prompt, "negative_prompt": args.negative_prompt or "",
+                "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+                "model": sd.weights_source}
+    for i, image in enumerate(images):
+        path = args.output if len(images) == 1 else args.output.with_stem(f"{args.output.stem}-{i}")
+        _save_png(image, path, metadata)
+        print(f"wrote {path} ({image.shape[1]}x{image.shape[0]}, {sd.weights_source})")
+    if weights is None:
+        print("warning: random weights: these pictures are noise, not results", file=sys.stderr)
+
+
+def download(args):
+    from sdlearn.pipeline import MODEL_NAMES
+    from sdlearn.weights import download as fetch
+
+    for name in MODEL_NAMES:
+        print(f"{name}: {fetch(name)}")
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        {"generate": generate, "download": download}[args.command](args)
+    except (ValueError, TypeError, OSError) as error:  # our checks: say what is wrong, no trace
+        print(f"sdlearn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

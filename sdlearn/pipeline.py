@@ -1,0 +1,192 @@
+"""The whole system: prompt -> image, and image + prompt -> image.
+
+    prompt --Tokenizer--> tokens (B, 77) --TextEncoder--> context (B, 77, D)
+    noise (B, h, w, 4) --[UNet eps_theta(x_t, t, context), DDIM step] x num_steps--> latent x_0
+    latent x_0 --Decoder--> image (B, 8h, 8w, 3) in [-1, 1] --> uint8 pixels
+
+Two tracks share this code: ``"tiny"`` (default) runs the small model sdlearn trains itself and
+ships; ``"sd-v1"`` runs Stable Diffusion v1.4 with KerasCV's published weights (downloaded once).
+"""
+
+import numbers
+
+import numpy as np
+
+from sdlearn import sampler
+from sdlearn.config import get_config
+from sdlearn.text_encoder import TextEncoder
+from sdlearn.tokenizer import Tokenizer
+from sdlearn.unet import UNet
+from sdlearn.vae import Decoder, ImageEncoder
+
+MODEL_NAMES = ("text_encoder", "unet", "decoder", "image_encoder")
+
+
+def default_weights(model, download=False):
+    """{model name: path} of the weights a track runs with (verified by SHA-256 first)."""
+    if model == "tiny":
+        from sdlearn.tiny import tiny_weights
+
+        return tiny_weights()
+    if model == "sd-v1":
+        from sdlearn.weights import weights_path
+
+        return {name: weights_path(name, download_missing=download) for name in MODEL_NAMES}
+    raise ValueError(f"No published weights for model {model!r}; pass weights=False for random "
+                     "weights, or a dict of .h5 paths.")
+
+
+class StableDiffusion:
+    """Text-to-image and image-to-image with one of the configurations in ``sdlearn.config``.
+
+    ``weights``: "default" (the track's own: shipped for "tiny", downloaded for "sd-v1"), a
+    dict {"text_encoder"|"unet"|"decoder"|"image_encoder": path to .h5}, or None for random
+    weights (``self.weights_source`` then says "random": such pictures are noise, not results).
+    ``jit_compile``: run each model through XLA (the first call at a new shape compiles it).
+    """
+
+    def __init__(self, model="tiny", weights="default", download=False, jit_compile=True):
+        self.model_name, self.config = model, get_config(model)
+        if isinstance(weights, str) and weights != "default":
+            raise ValueError(f"weights must be 'default', a dict of paths or None, got {weights!r}")
+        self.weights = default_weights(model, download) if weights == "default" else weights
+        self.weights_source = f"{model}, " + ("random (untrained) weights" if self.weights is None
+                                             else "trained weights")
+        self.tokenizer = Tokenizer()
+        self.text_encoder = self._build(TextEncoder, self.config.text_encoder, "text_encoder")
+        self.unet = self._build(UNet, self.config.unet, "unet")
+        self.decoder = self._build(Decoder, self.config.vae, "decoder")
+        self._image_encoder, self.jit_compile = None, jit_compile
+        for m in (self.text_encoder, self.unet, self.decoder):
+            m.compile(jit_compile=jit_compile)
+
+    def _build(self, cls, config, name):
+        model = cls(config, name=name)
+        if self.weights is not None:
+            model.load_weights(self.weights[name])
+        return model
+
+    @property
+    def image_encoder(self):
+        """Built on first use: only image-to-image needs it."""
+        if self._image_encoder is None:
+            self._image_encoder = self._build(ImageEncoder, self.config.vae, "image_encoder")
+            self._image_encoder.compile(jit_compile=self.jit_compile)
+        return self._image_encoder
+
+    @property
+    def latent_factor(self):
+        """Pixels per latent pixel (8) times the UNet's own halvings: image sides must divide."""
+        return self.config.vae.downsampling_factor * self.config.unet.downsampling_factor
+
+    def encode_text(self, prompt, truncate=False):
+        """prompt (str or list of B str) -> context (B, 77, D)."""
+        return self.text_encoder.predict_on_batch(self.tokenizer(prompt, truncate=truncate))
+
+    def unet_call(self, inputs):
+        """eps_theta for the sampler: one (jit-compiled) UNet call on [latent, t, context]."""
+        return self.unet.predict_on_batch(inputs)
+
+    def text_to_image(self, prompt, negative_prompt=None, batch_size=1, num_steps=50,
+                      guidance_scale=7.5, seed=None, image_size=None, noise=None, callback=None):
+        """uint8 images (batch_size, H, W, 3) for ``prompt``.
+
+        ``image_size``: (H, W) or one int; default the track's (512 for sd-v1, 64 for tiny).
+        ``noise``: the initial latent (batch_size, H/8, W/8, 4), instead of drawing it from
+        ``seed``. ``callback(i, t, x_t, pred_x0)`` sees every step (see ``sampler.sample``).
+        """
+        _check_int("batch_size", batch_size)
+        height, width = self._check_size(image_size)
+        shape = (batch_size, height // 8, width // 8, self.config.unet.latent_channels)
+        x_t = self._initial_noise(shape, seed, noise)
+        latent = self._sample(prompt, negative_prompt, batch_size, x_t, num_steps,
+                              guidance_scale, 0, callback)
+        return self.decode(latent)
+
+    def image_to_image(self, image, prompt, strength=0.75, negative_prompt=None, num_steps=50,
+                       guidance_scale=7.5, seed=None, callback=None):
+        """Re-imagine ``image`` (uint8, (H, W, 3) or (B, H, W, 3)) following ``prompt``.
+
+        The image is encoded to x_0, noised to the level where ``strength`` of the num_steps
+        steps remain (strength 0: unchanged, 1: forgotten), then denoised with the prompt.
+        """
+        images = _check_image(image)
+        self._check_size(images.shape[1:3])
+        start = sampler.img2img_start(num_steps, strength)
+        x0 = self.image_encoder.predict_on_batch(images.astype("float32") / 127.5 - 1.0)
+        if start == num_steps:  # strength 0: nothing to denoise
+            return self.decode(x0)
+        noise = self._initial_noise(x0.shape, seed, None)
+        alpha = sampler.ALPHAS_CUMPROD[sampler.ddim_timesteps(num_steps)[start]]
+        x_t = sampler.add_noise(x0, noise, alpha)
+        latent = self._sample(prompt, negative_prompt, len(images), x_t, num_steps,
+                              guidance_scale, start, callback)
+        return self.decode(latent)
+
+    def decode(self, latent):
+        """Latent (B, h, w, 4) -> uint8 image (B, 8h, 8w, 3): [-1, 1] mapped to 0..255."""
+        image = self.decoder.predict_on_batch(np.asarray(latent))
+        return np.clip((image + 1.0) * 127.5, 0, 255).astype("uint8")
+
+    def _sample(self, prompt, negative_prompt, batch_size, x_t, num_steps, guidance_scale,
+                start_step, callback):
+        context = _repeat(self.encode_text(prompt), batch_size, "prompt")
+        unconditional = _repeat(self.encode_text(negative_prompt or ""), batch_size,
+                                "negative_prompt")
+        return sampler.sample(self.unet_call, x_t, context, unconditional, num_steps,
+                              guidance_scale, start_step, callback)
+
+    def _initial_noise(self, shape, seed, noise):
+        if noise is not None:
+            if seed is not None:
+                raise ValueError("Pass either noise or seed, not both: seed only draws noise.")
+            noise = np.asarray(noise, dtype="float32")
+            if noise.shape != tuple(shape):
+                raise ValueError(f"noise must have shape {tuple(shape)}, got {noise.shape}")
+            return noise
+        if seed is not None:
+            _check_int("seed", seed, low=0)
+        # numpy's generator: the same seed gives the same noise on every Keras backend.
+        return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+    def _check_size(self, image_size):
+        size = image_size or self.config.image_size
+        height, width = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
+        f = self.latent_factor
+        for name, value in (("height", height), ("width", width)):
+            _check_int(f"image {name}", value)
+            if value % f:
+                lower, upper = value // f * f, (value // f + 1) * f
+                raise ValueError(
+                    f"image {name} {value} is not a multiple of {f}: the VAE divides it by "
+                    f"{self.config.vae.downsampling_factor} and the UNet halves it "
+                    f"{len(self.config.unet.channels) - 1} more times. Use "
+                    f"{' or '.join(str(v) for v in (lower, upper) if v > 0)}.")
+        return height, width
+
+
+def _check_int(name, value, low=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def _check_image(image):
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must be uint8 pixels (0..255), got dtype {image.dtype}")
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[-1] != 3:
+        raise ValueError(f"image must have shape (H, W, 3) or (B, H, W, 3), got {image.shape}")
+    return image
+
+
+def _repeat(context, batch_size, name):
+    """One prompt's context (1, 77, D) is shared by the whole batch; B prompts must match B."""
+    if len(context) == 1:
+        return np.repeat(context, batch_size, axis=0)
+    if len(context) != batch_size:
+        raise ValueError(f"{name} has {len(context)} prompts but batch_size is {batch_size}")
+    return context
