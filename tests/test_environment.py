@@ -43,3 +43,12 @@ def test_cli_is_installed():
     out = subprocess.run([str(ROOT / ".venv" / "bin" / "sdlearn"), "--help"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "generate" in out.stdout and "download" in out.stdout
+
+
+def test_package_exports_are_lazy_and_complete():
+    code = ("import sys, sdlearn; assert 'keras' not in sys.modules; "
+            "from sdlearn import StableDiffusion, Tokenizer, TextEncoder, UNet, Decoder, "
+            "ImageEncoder; print('ok')")
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", code],
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
