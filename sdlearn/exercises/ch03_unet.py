@@ -27,9 +27,14 @@ def _embedding(timesteps, dim, max_period=10000, order="cos-sin", denominator=No
 
 
 def _call(fn, *args):
-    """fn(*args) as a float64 numpy array, or the text of the error it raised."""
+    """fn(*args) as a float64 numpy array, or (None, what went wrong)."""
+    if not callable(fn):
+        return None, f"pass your function itself, you passed {fn!r}"
     try:
-        return np.asarray(fn(*args), dtype=np.float64), None
+        result = fn(*args)
+        if result is None:
+            return None, "your function returned None: write its body (and return the result)"
+        return np.asarray(result, dtype=np.float64), None
     except Exception as error:  # a learner's code may fail in any way: report it, don't crash
         return None, f"your function raised {type(error).__name__}: {error}"
 

@@ -6,6 +6,7 @@ Each ``check_*`` prints "Correct!" or what is wrong with a hint, and returns Tru
 import numpy as np
 
 from sdlearn.exercises import verdict
+from sdlearn.exercises.ch03_unet import _call
 
 # ---- 1. The latent's shape ---------------------------------------------------------------------
 
@@ -49,10 +50,10 @@ def check_latent_scale(fn):
     rng = np.random.default_rng(4)
     latents = (rng.standard_normal((8, 8, 8, 4)) * 5.0 + 0.7).astype("float32")
     hint = "the scale is 1 / std(latents), over all the numbers (np.std of the whole array)."
-    try:
-        got = float(np.asarray(fn(latents)))
-    except Exception as error:  # report the learner's error instead of a stack trace
-        return verdict([f"your function raised {type(error).__name__}: {error}"], hint)
+    got, error = _call(fn, latents)
+    if error or got.size != 1:
+        return verdict([error or f"return one number, yours has shape {got.shape}"], hint)
+    got = float(got)
     std = float(latents.std())
     expected = 1.0 / std
     if abs(got - expected) <= 1e-3 * expected:
@@ -80,10 +81,9 @@ def check_interpolation(fn):
     a, b, n = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4)), 5
     hint = ("w = np.linspace(0, 1, n) includes both ends; return (1 - w) a + w b for each w "
             "(broadcast w to shape (n, 1, 1, 1)).")
-    try:
-        got = np.asarray(fn(a, b, n), dtype=np.float64)
-    except Exception as error:  # report the learner's error instead of a stack trace
-        return verdict([f"your function raised {type(error).__name__}: {error}"], hint)
+    got, error = _call(fn, a, b, n)
+    if error:
+        return verdict([error], hint)
     w = np.linspace(0, 1, n).reshape(-1, 1, 1, 1)
     expected = (1 - w) * a + w * b
     if got.shape != expected.shape:
