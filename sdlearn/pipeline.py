@@ -13,6 +13,7 @@ import numbers
 import numpy as np
 
 from sdlearn import sampler
+from sdlearn.checks import check_int
 from sdlearn.config import get_config
 from sdlearn.text_encoder import TextEncoder
 from sdlearn.tokenizer import Tokenizer
@@ -95,7 +96,7 @@ class StableDiffusion:
         ``noise``: the initial latent (batch_size, H/8, W/8, 4), instead of drawing it from
         ``seed``. ``callback(i, t, x_t, pred_x0)`` sees every step (see ``sampler.sample``).
         """
-        _check_int("batch_size", batch_size)
+        check_int("batch_size", batch_size, 1)
         height, width = self._check_size(image_size)
         shape = (batch_size, height // 8, width // 8, self.config.unet.latent_channels)
         x_t = self._initial_noise(shape, seed, noise)
@@ -130,9 +131,11 @@ class StableDiffusion:
 
     def _sample(self, prompt, negative_prompt, batch_size, x_t, num_steps, guidance_scale,
                 start_step, callback):
-        context = _repeat(self.encode_text(prompt), batch_size, "prompt")
-        unconditional = _repeat(self.encode_text(negative_prompt or ""), batch_size,
-                                "negative_prompt")
+        # One prompt (1, 77, D) is shared by the batch (the sampler repeats it); or B prompts.
+        context, unconditional = (self.encode_text(p) for p in (prompt, negative_prompt or ""))
+        for name, c in (("prompt", context), ("negative_prompt", unconditional)):
+            if len(c) not in (1, batch_size):
+                raise ValueError(f"{name} has {len(c)} prompts but batch_size is {batch_size}")
         return sampler.sample(self.unet_call, x_t, context, unconditional, num_steps,
                               guidance_scale, start_step, callback)
 
@@ -145,7 +148,7 @@ class StableDiffusion:
                 raise ValueError(f"noise must have shape {tuple(shape)}, got {noise.shape}")
             return noise
         if seed is not None:
-            _check_int("seed", seed, low=0)
+            check_int("seed", seed, 0)
         # numpy's generator: the same seed gives the same noise on every Keras backend.
         return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 
@@ -154,7 +157,7 @@ class StableDiffusion:
         height, width = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
         f = self.latent_factor
         for name, value in (("height", height), ("width", width)):
-            _check_int(f"image {name}", value)
+            check_int(f"image {name}", value, 1)
             if value % f:
                 lower, upper = value // f * f, (value // f + 1) * f
                 raise ValueError(
@@ -163,13 +166,6 @@ class StableDiffusion:
                     f"{len(self.config.unet.channels) - 1} more times. Use "
                     f"{' or '.join(str(v) for v in (lower, upper) if v > 0)}.")
         return height, width
-
-
-def _check_int(name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 def _check_image(image):
@@ -183,10 +179,3 @@ def _check_image(image):
     return image
 
 
-def _repeat(context, batch_size, name):
-    """One prompt's context (1, 77, D) is shared by the whole batch; B prompts must match B."""
-    if len(context) == 1:
-        return np.repeat(context, batch_size, axis=0)
-    if len(context) != batch_size:
-        raise ValueError(f"{name} has {len(context)} prompts but batch_size is {batch_size}")
-    return context

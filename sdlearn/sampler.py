@@ -23,6 +23,8 @@ import numbers
 import numpy as np
 from keras import ops
 
+from sdlearn.checks import check_int
+
 
 # --- The noise schedule -------------------------------------------------------------------------
 
@@ -49,7 +51,7 @@ def ddim_timesteps(num_steps, num_train_timesteps=1000):
     starts from pure noise (t = 999). ``num_steps = 1`` gives [0] as in KerasCV: one step at t = 0
     barely denoises, so it returns (almost) the noise; use two steps or more.
     """
-    _check_int("num_steps", num_steps, 1, num_train_timesteps)
+    check_int("num_steps", num_steps, 1, num_train_timesteps)
     ratio = (num_train_timesteps - 1) / max(num_steps - 1, 1)  # n = 1: arange(1) * ratio = [0]
     return np.round(np.arange(num_steps) * ratio).astype(np.int64)[::-1]
 
@@ -70,7 +72,7 @@ def karras_timesteps(num_steps, rho=7.0, num_train_timesteps=1000):
     than DDIM's even-in-t spacing; rho = 1 is even in sigma. sigma_min, sigma_max = 0.029, 14.6,
     the table's ends.
     """
-    _check_int("num_steps", num_steps, 1)
+    check_int("num_steps", num_steps, 1)
     log_sigma = _log_sigma(num_train_timesteps)
     lo, hi = np.exp(log_sigma[0] / rho), np.exp(log_sigma[-1] / rho)  # sigma_min/max^(1/rho)
     sigmas = (hi + np.linspace(0.0, 1.0, num_steps) * (lo - hi)) ** rho
@@ -188,7 +190,7 @@ def sample_euler(unet, noise, context, unconditional_context, num_steps=50, guid
 def _denoise(unet, step, timesteps, alphas, noise, context, unconditional_context,
              guidance_scale, start_step, callback):
     # The loop both samplers share: x_T -> x_{t_1} -> ... -> x_0, noisiest level first.
-    _check_int("start_step", start_step, 0, len(timesteps))
+    check_int("start_step", start_step, 0, len(timesteps))
     x_t, context, unconditional_context = _check_inputs(noise, context, unconditional_context,
                                                         guidance_scale)
     alphas_prev = np.append(alphas[1:], 1.0)  # each step lands on the next level, the last on 1
@@ -214,7 +216,7 @@ def img2img_start(num_steps, strength):
     start = num_steps: no step runs, ``sample`` returns its input (the clean x_0; there is no
     timestep to noise it to).
     """
-    _check_int("num_steps", num_steps, 1)
+    check_int("num_steps", num_steps, 1)
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
         raise TypeError(f"strength must be a number in [0, 1], got {strength!r}")
     if not 0.0 <= strength <= 1.0:
@@ -223,13 +225,6 @@ def img2img_start(num_steps, strength):
 
 
 # --- Argument checks ----------------------------------------------------------------------------
-
-def _check_int(name, value, low, high=np.inf):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
-
 
 def _check_inputs(noise, context, unconditional_context, guidance_scale):
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):

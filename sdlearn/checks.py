@@ -1,0 +1,14 @@
+"""Argument checks shared by the sampler and the pipeline: say what is wrong, by name."""
+
+import numbers
+
+import numpy as np
+
+
+def check_int(name, value, low, high=np.inf):
+    """Raise a TypeError/ValueError naming ``name`` unless ``value`` is an int in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be " + (f">= {low}" if high == np.inf else
+                                               f"in [{low}, {high}]") + f", got {value}")
