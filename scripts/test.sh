@@ -11,5 +11,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[course,book,test]"
+# tests/test_book.py opens the built book in headless Chromium: install it where apt-get can.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+    SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 export TF_CPP_MIN_LOG_LEVEL=2 MPLBACKEND=Agg
 .venv/bin/python -m pytest "$@"
