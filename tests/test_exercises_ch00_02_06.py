@@ -1,9 +1,14 @@
 """The checked exercises of chapters 0, 1, 2 and 6 accept right answers and reject the typical
 wrong ones with the message that explains them."""
 
-import pytest
+import math
 
+import numpy as np
+
+from sdlearn.exercises import ch00_quickstart as ch00
 from sdlearn.exercises import ch01_tokenizer as ch01
+from sdlearn.exercises import ch02_text_encoder as ch02
+from sdlearn.text_encoder import quick_gelu
 from sdlearn.tokenizer import END_TOKEN, START_TOKEN
 
 
@@ -97,3 +102,112 @@ def test_ch01_max_repeats(capsys):
     assert_rejects(capsys, ch01.check_max_repeats, 77, "special tokens included")
     assert_rejects(capsys, ch01.check_max_repeats, 76, "two, start and end")
     assert_rejects(capsys, ch01.check_max_repeats, 10, "is not it")
+
+
+# ---- Chapter 0: the quickstart --------------------------------------------------------------
+def test_ch00_latent_shape(capsys):
+    assert_accepts(capsys, ch00.check_latent_shape, (2, 8, 8, 4))
+    assert_accepts(capsys, ch00.check_latent_shape, [2, 8, 8, 4])
+    assert_rejects(capsys, ch00.check_latent_shape, None, "no answer yet")
+    assert_rejects(capsys, ch00.check_latent_shape, "2x8x8x4", "tuple of ints")
+    assert_rejects(capsys, ch00.check_latent_shape, (8, 8, 4), "4 numbers")
+    assert_rejects(capsys, ch00.check_latent_shape, (1, 8, 8, 4), "batch_size = 2")
+    assert_rejects(capsys, ch00.check_latent_shape, (2, 64, 64, 4), "8 times smaller")
+    assert_rejects(capsys, ch00.check_latent_shape, (2, 8, 8, 3), "4 channels")
+    assert_rejects(capsys, ch00.check_latent_shape, (2, 16, 16, 4), "factor 8")
+
+
+def test_ch00_context_shape(capsys):
+    assert_accepts(capsys, ch00.check_context_shape, (3, 77, 768))
+    assert_rejects(capsys, ch00.check_context_shape, None, "no answer yet")
+    assert_rejects(capsys, ch00.check_context_shape, (3, 77), "token ids")
+    assert_rejects(capsys, ch00.check_context_shape, (3, 768), "all 77")
+    assert_rejects(capsys, ch00.check_context_shape, (1, 77, 768), "one context per prompt")
+    assert_rejects(capsys, ch00.check_context_shape, (3, 5, 768), "padded to 77")
+    assert_rejects(capsys, ch00.check_context_shape, (3, 77, 49408), "vocabulary")
+    assert_rejects(capsys, ch00.check_context_shape, (3, 77, 1024), "768 wide")
+
+
+def test_ch00_unet_calls(capsys):
+    assert_accepts(capsys, ch00.check_unet_calls, 20)
+    assert_rejects(capsys, ch00.check_unet_calls, None, "no answer yet")
+    assert_rejects(capsys, ch00.check_unet_calls, 40, "ONE call on a batch of 2")
+    assert_rejects(capsys, ch00.check_unet_calls, 21, "decoder")
+    assert_rejects(capsys, ch00.check_unet_calls, 50, "num_steps=20")
+    assert_rejects(capsys, ch00.check_unet_calls, 1, "once per step")
+    assert_rejects(capsys, ch00.check_unet_calls, 7, "is not it")
+
+
+def test_ch00_unet_calls_answer_is_what_the_pipeline_does():
+    """The accepted answer (one UNet call of batch 2 per step) is what the pipeline does."""
+    from sdlearn.pipeline import StableDiffusion
+
+    sd = StableDiffusion("test", weights=None, jit_compile=False)
+    calls, original = [], sd.unet_call
+    sd.unet_call = lambda inputs: calls.append(len(inputs[0])) or original(inputs)
+    sd.text_to_image("a red circle", num_steps=3, seed=0)
+    assert calls == [2] * 3
+
+
+# ---- Chapter 2: the text encoder ------------------------------------------------------------
+def test_ch02_causal_mask(capsys):
+    allowed = np.tril(np.ones((5, 5)))
+    assert_accepts(capsys, ch02.check_causal_mask, allowed)
+    assert_accepts(capsys, ch02.check_causal_mask, allowed.astype(bool).tolist())
+    assert_rejects(capsys, ch02.check_causal_mask, None, "no answer yet")
+    assert_rejects(capsys, ch02.check_causal_mask, np.tril(np.ones((4, 4))), "(5, 5)")
+    assert_rejects(capsys, ch02.check_causal_mask, np.where(allowed, 0, -np.inf),
+                   "1 (or True)")
+    assert_rejects(capsys, ch02.check_causal_mask, allowed.T, "transposed")
+    assert_rejects(capsys, ch02.check_causal_mask, np.tril(np.ones((5, 5)), -1), "itself")
+    assert_rejects(capsys, ch02.check_causal_mask, np.ones((5, 5)), "no mask at all")
+    wrong = allowed.copy()
+    wrong[4, 0] = 0
+    assert_rejects(capsys, ch02.check_causal_mask, wrong, "query 4, key 0")
+
+
+def test_ch02_quick_gelu(capsys):
+    assert_accepts(capsys, ch02.check_quick_gelu, lambda x: x / (1 + np.exp(-1.702 * x)))
+    assert_accepts(capsys, ch02.check_quick_gelu,
+                   lambda x: np.asarray(quick_gelu(x.astype("float32"))))
+    assert_rejects(capsys, ch02.check_quick_gelu, None, "no answer yet")
+    assert_rejects(capsys, ch02.check_quick_gelu, 1.702, "expected a function")
+    assert_rejects(capsys, ch02.check_quick_gelu, lambda x: None, "returned None")
+    assert_rejects(capsys, ch02.check_quick_gelu, lambda x: math.exp(x), "raised TypeError")
+    assert_rejects(capsys, ch02.check_quick_gelu, lambda x: 1 / (1 + np.exp(-1.702 * x)),
+                   "multiply it by x")
+    assert_rejects(capsys, ch02.check_quick_gelu, lambda x: x / (1 + np.exp(-x)), "SiLU")
+    assert_rejects(capsys, ch02.check_quick_gelu,
+                   lambda x: np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x]),
+                   "GELU itself")
+    assert_rejects(capsys, ch02.check_quick_gelu, lambda x: np.maximum(x, 0), "at x =")
+    assert_rejects(capsys, ch02.check_quick_gelu, lambda x: x.sum(), "elementwise")
+
+
+def test_ch02_clip_layer_parameters(capsys):
+    from sdlearn.config import TextEncoderConfig
+    from sdlearn.text_encoder import CLIPLayer
+
+    layer = CLIPLayer(TextEncoderConfig())
+    layer(np.zeros((1, 77, 768), "float32"))
+    assert ch02.clip_layer_parameters() == layer.count_params() == 7_087_872
+    assert_accepts(capsys, ch02.check_clip_layer_parameters, 7_087_872)
+    assert_rejects(capsys, ch02.check_clip_layer_parameters, None, "no answer yet")
+    assert_rejects(capsys, ch02.check_clip_layer_parameters, 123_060_480, "whole text encoder")
+    assert_rejects(capsys, ch02.check_clip_layer_parameters, 123_060_480 // 12, "one layer")
+    assert_rejects(capsys, ch02.check_clip_layer_parameters, 4 * 768 * 768 + 2 * 768 * 3072,
+                   "biases")
+    assert_rejects(capsys, ch02.check_clip_layer_parameters, 7_087_872 - 4 * 768, "LayerNorms")
+    assert_rejects(capsys, ch02.check_clip_layer_parameters,
+                   7_087_872 - 3 * (768 * 768 + 768), "q, k and v")
+    assert_rejects(capsys, ch02.check_clip_layer_parameters, 1000, "is not it")
+
+
+def test_ch02_eos_position(capsys):
+    assert_accepts(capsys, ch02.check_eos_position, 8)
+    assert_rejects(capsys, ch02.check_eos_position, None, "no answer yet")
+    assert_rejects(capsys, ch02.check_eos_position, 7, "last word")
+    assert_rejects(capsys, ch02.check_eos_position, 9, "count from 0")
+    assert_rejects(capsys, ch02.check_eos_position, 76, "padding")
+    assert_rejects(capsys, ch02.check_eos_position, 3, "holds token 1746")
+    assert_rejects(capsys, ch02.check_eos_position, 200, "not a position")
