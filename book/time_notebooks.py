@@ -8,7 +8,8 @@ Each notebook runs exactly as ``scripts/refresh_notebook.sh`` runs it (``jupyter
 temporary folder: the notebook itself is not touched. The wall time, which includes starting
 the kernel and importing TensorFlow, is what a learner waits for with "Run all". It goes into
 book/notebook_times.json with the date, the machine and the hash of the notebook's .py source
-(the page flags a time measured on an older version of the chapter).
+(the page flags a time measured on an older version of the chapter), and the CPU time of the
+run (nbconvert and its kernel, all threads), which does not grow when the machine is busy.
 """
 
 import datetime
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -48,19 +50,26 @@ def main(paths):
     for notebook in notebooks:
         load = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as out:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             subprocess.run([str(ROOT / ".venv" / "bin" / "jupyter"), "nbconvert", "--to",
                             "notebook", "--execute", "--ExecutePreprocessor.timeout=1800",
                             "--output-dir", out, str(notebook)],
                            check=True, env={**os.environ, **ENV}, capture_output=True)
             seconds = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU time of nbconvert and its kernel (all threads): what the run costs whatever else
+        # the machine is doing; the wall time grows when other programs share the cores.
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         data["notebooks"][notebook.stem] = {
             "seconds": round(seconds, 1),
+            "cpu_seconds": round(cpu, 1),
             "date": datetime.date.today().isoformat(),
             "load_average_before": round(load, 2),
             "source_sha256": source_hash(notebook),
         }
-        print(f"{notebook.name}: {seconds:.0f} s (load average before: {load:.1f})")
+        print(f"{notebook.name}: {seconds:.0f} s wall, {cpu:.0f} s CPU "
+              f"(load average before: {load:.1f})")
         TIMES.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 

@@ -68,6 +68,7 @@ def chapters_in_readme():
 
 
 def build(book_dir, out_dir):
+    shutil.rmtree(out_dir / "_build" / "html", ignore_errors=True)  # no stale pages
     start = time.monotonic()
     run = subprocess.run([str(JUPYTER_BOOK), "build", "--all", "-W", "--keep-going",
                           "--path-output", str(out_dir), str(book_dir)],
@@ -126,11 +127,11 @@ def test_annotated_split_keeps_every_line(name):
 
 def test_annotated_notes_become_markdown():
     note = ["The noise eps_theta(x_t, t, c) on (B, H*W, C) tokens, a *cumulative* product,",
-            "a <colour> word, math $\\epsilon_\\theta$ and ``code<x>``:", "",
+            "a <colour> word, math $\\epsilon_\\theta$ and ``code<x>``::", "",
             "    x_t = sqrt(alpha_t) x_0 + sqrt(1 - alpha_t) eps", "", "after"]
     md = annotate.to_markdown(note)
     assert "H\\*W" in md and "*cumulative*" in md and "\\<colour>" in md
-    assert "$\\epsilon_\\theta$" in md and "``code<x>``" in md
+    assert "$\\epsilon_\\theta$" in md and "``code<x>``:\n" in md
     assert "```text\nx_t = sqrt(alpha_t) x_0 + sqrt(1 - alpha_t) eps\n```" in md
 
 

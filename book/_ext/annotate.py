@@ -13,7 +13,8 @@ Pure Python (``ast`` and ``tokenize``), no Sphinx, so the tests can check it dir
 Every line of the file lands in exactly one row (``Row.lines``), so nothing is silently dropped.
 
 Notes become MyST Markdown (``to_markdown``): ``$...$`` is math, ``code`` spans and *emphasis*
-work, and a block indented by 4 or more spaces is shown verbatim (as Python when it parses).
+work, and a block indented by 4 or more spaces is shown verbatim (as Python when it parses;
+a reST-style ``::`` before it shows as one colon).
 """
 
 import ast
@@ -193,6 +194,8 @@ def to_markdown(note_lines):
         if block:
             out += _verbatim(block)
             block = []
+        if line.rstrip().endswith("::"):  # reST's "the block below is literal": show one colon
+            line = line.rstrip()[:-1]
         out.append(_escape_prose(line))
     if block:
         out += _verbatim(block)

@@ -169,21 +169,26 @@ class NotebookTimes(MarkdownDirective):
         sys.path.insert(0, str(Path(self.env.srcdir)))
         from time_notebooks import source_hash
 
-        lines = ["| chapter | run time | measured on | load before |", "|---|---|---|---|"]
-        total = 0.0
+        lines = ["| chapter | wall time | CPU time | measured on | load before |",
+                 "|---|---|---|---|---|"]
+        total = total_cpu = 0.0
         for number, stem, _ in chapters(root):
             entry, notebook = times.get(stem), root / "notebooks" / f"{stem}.ipynb"
             if not notebook.exists():
-                lines.append(f"| {number} `{stem}` | (no notebook yet) | | |")
+                lines.append(f"| {number} `{stem}` | (no notebook yet) | | | |")
             elif not entry:
-                lines.append(f"| {number} `{stem}` | not measured yet | | |")
+                lines.append(f"| {number} `{stem}` | not measured yet | | | |")
             else:
                 total += entry["seconds"]
                 changed = entry.get("source_sha256") != source_hash(notebook)
                 note = " (chapter changed since)" if changed else ""
+                cpu = entry.get("cpu_seconds")
+                total_cpu += cpu or 0.0
                 lines.append(f"| {number} `{stem}` | {_duration(entry['seconds'])}{note} | "
-                             f"{entry['date']} | {entry.get('load_average_before', '')} |")
-        lines.append(f"| **all measured chapters** | **{_duration(total)}** | | |")
+                             f"{_duration(cpu) if cpu else ''} | {entry['date']} | "
+                             f"{entry.get('load_average_before', '')} |")
+        lines.append(f"| **all measured chapters** | **{_duration(total)}** | "
+                     f"**{_duration(total_cpu)}** | | |")
         if data.get("machine"):
             lines += ["", f"Measured with `{data['command']}` on: {data['machine']}."]
         return [self.parse("\n".join(lines), nodes.container(classes=["notebook-times"]))]
