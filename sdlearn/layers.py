@@ -10,6 +10,15 @@ import keras
 from keras import ops
 
 
+# The attention switch (a fast path, see sdlearn/fast.py). False: the einsums below, which the
+# course reads and whose weights it plots. True: the backend's fused kernel,
+# ``keras.ops.dot_product_attention``: on a GPU (JAX: cuDNN flash attention; PyTorch: SDPA) it
+# never writes the (Tq, Tk) score matrix to memory, which at 64x64 latents is 4096 x 4096 per
+# head. The TensorFlow backend has no fused kernel and runs the same einsums. Set it before a
+# model's first call: a compiled model keeps the attention it was traced with.
+FUSED_ATTENTION = False
+
+
 def attention_weights(q, k, causal=False):
     """How much each query attends to each key: softmax(q k^T / sqrt(d)).
 
@@ -17,20 +26,27 @@ def attention_weights(q, k, causal=False):
     Dividing by sqrt(d) keeps the scores' variance near 1 whatever the head size, so the
     softmax does not saturate (Vaswani et al., 2017). With ``causal``, query i may only see
     keys 0..i: CLIP's text encoder reads the prompt left to right, like a language model.
+    In half precision the softmax runs in float32 (a sum over 4096 keys loses digits in
+    float16); in float32 the casts do nothing.
     """
     scores = ops.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
     if causal:
         num_queries, num_keys = scores.shape[-2], scores.shape[-1]
         future = ops.triu(ops.ones((num_queries, num_keys)), k=1)  # 1 above the diagonal
         scores = ops.where(future > 0, ops.cast(float("-inf"), scores.dtype), scores)
-    return ops.softmax(scores, axis=-1)
+    return ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), q.dtype)
 
 
-def attention(q, k, v, causal=False):
+def attention(q, k, v, causal=False, fused=None):
     """Scaled dot-product attention: each query's output is a weighted mean of the values.
 
     q: (B, Tq, heads, d), k and v: (B, Tk, heads, d) -> (B, Tq, heads, d).
+    ``fused`` (default: the module's ``FUSED_ATTENTION``) hands the same computation to the
+    backend's kernel, which takes the same (B, T, heads, d) layout and the same causal mask
+    (``is_causal``: query i sees keys 0..i); the VAE's attention is the one-head case.
     """
+    if FUSED_ATTENTION if fused is None else fused:
+        return ops.dot_product_attention(q, k, v, is_causal=causal)
     return ops.einsum("bhqk,bkhd->bqhd", attention_weights(q, k, causal), v)
 
 

@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from sdlearn import sampler
+from sdlearn import fast, sampler
 from sdlearn.checks import check_int
 from sdlearn.config import get_config
 from sdlearn.text_encoder import TextEncoder
@@ -44,16 +44,22 @@ class StableDiffusion:
     dict {"text_encoder"|"unet"|"decoder"|"image_encoder": path to .h5}, or None for random
     weights (``self.weights_source`` then says "random": such pictures are noise, not results).
     ``jit_compile``: run each model through XLA (the first call at a new shape compiles it).
+    The other switches are fast paths (``sdlearn/fast.py`` explains and measures them); the
+    defaults are the readable path. ``batched_guidance=False``: KerasCV's two UNet calls per
+    step instead of one of batch 2B. ``compiled_loop=True``: the whole DDIM loop as one XLA
+    program (no callback). ``dtype_policy``: "float32", "mixed_float16" or "mixed_bfloat16".
     """
 
-    def __init__(self, model="tiny", weights="default", download=False, jit_compile=True):
+    def __init__(self, model="tiny", weights="default", download=False, jit_compile=True,
+                 batched_guidance=True, compiled_loop=False, dtype_policy="float32"):
         self.model_name, self.config = model, get_config(model)
         if isinstance(weights, str) and weights != "default":
             raise ValueError(f"weights must be 'default', a dict of paths or None, got {weights!r}")
         self.weights = default_weights(model, download) if weights == "default" else weights
         self.weights_source = f"{model}, " + ("random (untrained) weights" if self.weights is None
                                              else "trained weights")
-        self.tokenizer = Tokenizer()
+        self.tokenizer, self.dtype_policy = Tokenizer(), dtype_policy
+        self.batched_guidance, self.compiled_loop, self._loops = batched_guidance, compiled_loop, {}
         self.text_encoder = self._build(TextEncoder, self.config.text_encoder, "text_encoder")
         self.unet = self._build(UNet, self.config.unet, "unet")
         self.decoder = self._build(Decoder, self.config.vae, "decoder")
@@ -62,7 +68,8 @@ class StableDiffusion:
             m.compile(jit_compile=jit_compile)
 
     def _build(self, cls, config, name):
-        model = cls(config, name=name)
+        with fast.dtype_policy(self.dtype_policy):
+            model = cls(config, name=name)
         if self.weights is not None:
             model.load_weights(self.weights[name])
         return model
@@ -126,7 +133,7 @@ class StableDiffusion:
 
     def decode(self, latent):
         """Latent (B, h, w, 4) -> uint8 image (B, 8h, 8w, 3): [-1, 1] mapped to 0..255."""
-        image = self.decoder.predict_on_batch(np.asarray(latent))
+        image = np.asarray(self.decoder.predict_on_batch(np.asarray(latent)), "float32")
         return np.clip((image + 1.0) * 127.5, 0, 255).astype("uint8")
 
     def _sample(self, prompt, negative_prompt, batch_size, x_t, num_steps, guidance_scale,
@@ -136,8 +143,16 @@ class StableDiffusion:
         for name, c in (("prompt", context), ("negative_prompt", unconditional)):
             if len(c) not in (1, batch_size):
                 raise ValueError(f"{name} has {len(c)} prompts but batch_size is {batch_size}")
-        return sampler.sample(self.unet_call, x_t, context, unconditional, num_steps,
-                              guidance_scale, start_step, callback)
+        if self.compiled_loop:
+            if callback is not None:
+                raise ValueError("compiled_loop=True runs all steps in one program: no callback")
+            return fast.sample(self.unet, x_t, context, unconditional, num_steps,
+                               guidance_scale, start_step, loops=self._loops)
+        unet = self.unet_call  # guidance: one call of 2B; or KerasCV's two calls of B
+        if not self.batched_guidance and guidance_scale != 1.0:
+            unet = fast.guidance_in_two_calls(self.unet_call)
+        return sampler.sample(unet, x_t, context, unconditional, num_steps, guidance_scale,
+                              start_step, callback)
 
     def _initial_noise(self, shape, seed, noise):
         if noise is not None:
