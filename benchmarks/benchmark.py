@@ -441,6 +441,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--implementations", default="sdlearn,kerascv,diffusers")
     parser.add_argument("--tasks", default="step,generate")
+    parser.add_argument("--step-extra", default="", help="implementations timed in the step "
+                        "task only (e.g. sdlearn-loop,sdlearn-2calls)")
     parser.add_argument("--config", default="sd-v1", choices=["sd-v1", "test"])
     parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"),
                         help="sdlearn's Keras backend (KerasCV always runs on tensorflow)")
@@ -464,9 +466,14 @@ def main():
     started = time.strftime("%Y-%m-%d %H:%M")
     load_before = os.getloadavg()
     results = {}
+    extra = [n for n in args.step_extra.split(",") if n]
     for task in args.tasks.split(","):
-        for name in args.implementations:
+        for name in args.implementations + (extra if task == "step" else []):
             results[(name, task)] = run_worker(name, task, args)
+            if args.json:  # after every worker: a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps(
+                    {"results": {f"{n} {t}": r for (n, t), r in results.items()}}, indent=1))
+    args.implementations += extra
     table, notes = rows(results, args)
     cpu = _cpu_name()
     print(f"\nStable Diffusion v1 ({args.config}), random weights, batch {args.batch}: guided "
@@ -484,12 +491,12 @@ def main():
 
 def _cpu_name():
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        info = dict(line.split(":", 1) for line in
+                    Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        return f"{info['model name']} (family {info['cpu family']}, model {info['model']})"
+    except (OSError, KeyError, ValueError):
+        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -143,3 +143,25 @@ def test_compiled_loop_has_no_callback(sd, monkeypatch):
     monkeypatch.setattr(sd, "compiled_loop", True)
     with pytest.raises(ValueError, match="no callback"):
         sd.text_to_image("x", num_steps=2, seed=0, callback=lambda *a: None)
+
+
+def test_benchmark_table_states_ratios_to_the_matmul_rate():
+    """benchmarks/benchmark.py's table (its measurements take minutes; its arithmetic not)."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    args = SimpleNamespace(implementations=["sdlearn", "kerascv"], step_size=256, size=512,
+                           steps=20, batch=1, peak_tflops=None)
+    measured = {"framework": "Keras", "step_s": 3.0, "step_s_matmul": 150e9,
+                "step_s_matmul_range": [140e9, 160e9]}
+    table, notes = benchmark.rows({("sdlearn", "step"): measured,
+                                   ("kerascv", "step"): {"skipped": "not installed (keras_cv)"}},
+                                  args)
+    # 2 UNet passes of 0.180 TFLOP in 3 s: 120 GFLOP/s, 80% of 150.
+    assert "| sdlearn | Keras | 140-160 | 3.00 | 120.0 (80%) |" in table[2]
+    assert len(table) == 3 and notes == ["- kerascv: skipped, not installed (keras_cv)"]
