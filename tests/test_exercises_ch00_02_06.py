@@ -8,6 +8,7 @@ import numpy as np
 from sdlearn.exercises import ch00_quickstart as ch00
 from sdlearn.exercises import ch01_tokenizer as ch01
 from sdlearn.exercises import ch02_text_encoder as ch02
+from sdlearn.exercises import ch06_train as ch06
 from sdlearn.text_encoder import quick_gelu
 from sdlearn.tokenizer import END_TOKEN, START_TOKEN
 
@@ -211,3 +212,73 @@ def test_ch02_eos_position(capsys):
     assert_rejects(capsys, ch02.check_eos_position, 76, "padding")
     assert_rejects(capsys, ch02.check_eos_position, 3, "holds token 1746")
     assert_rejects(capsys, ch02.check_eos_position, 200, "not a position")
+
+
+# ---- Chapter 6: training ------------------------------------------------------------------
+def test_ch06_latent_scale(capsys):
+    assert_accepts(capsys, ch06.check_latent_scale, lambda z: 1 / np.std(z))
+    assert_rejects(capsys, ch06.check_latent_scale, None, "no answer yet")
+    assert_rejects(capsys, ch06.check_latent_scale, 0.18215, "expected a function")
+    assert_rejects(capsys, ch06.check_latent_scale, lambda z: None, "returned None")
+    assert_rejects(capsys, ch06.check_latent_scale, lambda z: z.foo, "raised AttributeError")
+    assert_rejects(capsys, ch06.check_latent_scale, lambda z: 0.18215, "SD's number")
+    assert_rejects(capsys, ch06.check_latent_scale, lambda z: np.std(z), "its inverse")
+    assert_rejects(capsys, ch06.check_latent_scale, lambda z: 1 / np.var(z), "variance")
+    assert_rejects(capsys, ch06.check_latent_scale, lambda z: 1 / np.sqrt(np.mean(z**2)),
+                   "root-mean-square")
+    assert_rejects(capsys, ch06.check_latent_scale, lambda z: 1.0, "not 1")
+
+
+def test_ch06_noisy_latent(capsys):
+    assert_accepts(capsys, ch06.check_noisy_latent,
+                   lambda x0, e, a: np.sqrt(a) * x0 + np.sqrt(1 - a) * e)
+    assert_rejects(capsys, ch06.check_noisy_latent, None, "no answer yet")
+    assert_rejects(capsys, ch06.check_noisy_latent, lambda x0, e, a: a * x0 + (1 - a) * e,
+                   "square roots")
+    assert_rejects(capsys, ch06.check_noisy_latent,
+                   lambda x0, e, a: np.sqrt(a) * x0 + (1 - a) * e, "sqrt(1 - alpha)")
+    assert_rejects(capsys, ch06.check_noisy_latent,
+                   lambda x0, e, a: np.sqrt(1 - a) * x0 + np.sqrt(a) * e, "swapped")
+    assert_rejects(capsys, ch06.check_noisy_latent, lambda x0, e, a: (x0 + e).sum(), "shape")
+    assert_rejects(capsys, ch06.check_noisy_latent, lambda x0, e, a: x0 + e, "forward process")
+
+
+def cross_entropy(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return -np.mean(np.diag(z - np.log(np.exp(z).sum(axis=1, keepdims=True))))
+
+
+def test_ch06_clip_loss(capsys):
+    import keras
+
+    def keras_clip_loss(logits):  # the way sdlearn.train's CLIPTrainer computes it
+        labels = np.arange(len(logits))
+        return np.mean(0.5 * (
+            keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            + keras.losses.sparse_categorical_crossentropy(labels, logits.T, from_logits=True)))
+
+    assert_accepts(capsys, ch06.check_clip_loss,
+                   lambda z: 0.5 * (cross_entropy(z) + cross_entropy(z.T)))
+    assert_accepts(capsys, ch06.check_clip_loss, keras_clip_loss)
+    assert_rejects(capsys, ch06.check_clip_loss, None, "no answer yet")
+    assert_rejects(capsys, ch06.check_clip_loss, cross_entropy, "which image for each caption")
+    assert_rejects(capsys, ch06.check_clip_loss, lambda z: cross_entropy(z.T),
+                   "average it with the other direction")
+    assert_rejects(capsys, ch06.check_clip_loss, lambda z: cross_entropy(z) + cross_entropy(z.T),
+                   "mean")
+    assert_rejects(capsys, ch06.check_clip_loss, lambda z: -cross_entropy(z), "sign")
+    assert_rejects(capsys, ch06.check_clip_loss, lambda z: z, "one number")
+    assert_rejects(capsys, ch06.check_clip_loss, lambda z: 0.5, "is not it")
+
+
+def test_ch06_images_seen(capsys):
+    def check(n):
+        return ch06.check_images_seen(n, steps=2000, batch_size=64, num_images=12000)
+
+    assert_accepts(capsys, check, (128000, 128000 / 12000))
+    assert_rejects(capsys, check, None, "no answer yet")
+    assert_rejects(capsys, check, 128000, "pair of numbers")
+    assert_rejects(capsys, check, (2000, 1), "number of steps")
+    assert_rejects(capsys, check, (12000, 1), "size of the dataset")
+    assert_rejects(capsys, check, (100, 1), "examples is not it")
+    assert_rejects(capsys, check, (128000, 64), "passes is not it")
