@@ -90,7 +90,34 @@ TEST = StableDiffusionConfig(
     image_size=64,
 )
 
-PRESETS = {"sd-v1": SD_V1, "test": TEST}
+# The model sdlearn trains itself on the synthetic shapes world (sdlearn/shapes.py, 64x64 images)
+# and ships in sdlearn/data/tiny (``sdlearn train`` rebuilds it). Same classes as SD v1, sizes
+# chosen for a 2-core laptop: the whole training must fit in 20 minutes, sampling 50 guided
+# steps in well under a second, and the four weight files in 25 MB.
+TINY = StableDiffusionConfig(
+    # Width 32, 2 layers: the world has ~20 words and captions of at most 14 tokens. The
+    # token table stays CLIP's full 49408 rows (the same tokenizer as SD), so it holds most of
+    # the text encoder's parameters (1.58 M of 1.61 M): width is what the file size pays for.
+    TextEncoderConfig(width=32, num_layers=2, num_heads=4, mlp_width=128),
+    # The latent is 8x8x4 (64 px / 8, 4 channels, as in SD). Two levels, 8x8 -> 4x4, both with
+    # attention: at 8x8 self-attention is cheap (64 tokens), and cross-attention at both sizes
+    # lets the prompt decide where (8x8) and what (4x4). 32 -> 64 channels, one ResBlock per
+    # level: ~60 MFLOP per call, so a training step of 64 latents costs ~0.4 s of CPU.
+    UNetConfig(channels=(32, 64), attention=(True, True), res_blocks=1, num_heads=4,
+               context_dim=32, norm_groups=8),
+    # Four levels as in SD, so 64x64 -> 8x8 (factor 8), but 8 channels at full resolution
+    # instead of 128: these images are flat colours and sharp edges, no texture. Most of the
+    # cost sits in the convolutions at 64x64 and 32x32, so the widths stay small there.
+    VAEConfig(channels=(8, 16, 32, 64), norm_groups=8, encoder_res_blocks=1,
+              decoder_res_blocks=1,
+              # 1 / std of the trained encoder's latents over the training images, measured by
+              # sdlearn.train (SD's 0.18215 was measured the same way); the manifest of the
+              # shipped weights records the same number.
+              latent_scale=1.0),
+    image_size=64,
+)
+
+PRESETS = {"sd-v1": SD_V1, "tiny": TINY, "test": TEST}
 
 
 def get_config(name):

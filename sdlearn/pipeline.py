@@ -9,6 +9,7 @@ ships; ``"sd-v1"`` runs Stable Diffusion v1.4 with KerasCV's published weights (
 """
 
 import numbers
+from pathlib import Path
 
 import numpy as np
 
@@ -26,7 +27,13 @@ MODEL_NAMES = ("text_encoder", "unet", "decoder", "image_encoder")
 def default_weights(model, download=False):
     """{model name: path} of the weights a track runs with (verified by SHA-256 first)."""
     if model == "tiny":
-        from sdlearn.tiny import tiny_weights
+        manifest = Path(__file__).parent / "data" / "tiny" / "manifest.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(
+                f"The tiny model's trained weights are not in this copy of sdlearn ({manifest} "
+                "is missing): they ship once `sdlearn train` has produced them. Meanwhile use "
+                "weights=None (random, untrained: pictures are noise) or model='sd-v1'.")
+        from sdlearn.train import tiny_weights  # checks each file against the manifest's SHA-256
 
         return tiny_weights()
     if model == "sd-v1":

@@ -36,3 +36,13 @@ def test_bad_command_lines_are_usage_errors(argv, words, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_tiny_weights_missing_is_a_clear_error_not_random_weights(tmp_path, monkeypatch, capsys):
+    from sdlearn import pipeline
+
+    monkeypatch.setattr(pipeline, "__file__", str(tmp_path / "pipeline.py"))  # no data/tiny here
+    assert cli.main(["generate", "x", "-o", str(tmp_path / "x.png")]) == 2
+    error = capsys.readouterr().err
+    assert "manifest.json is missing" in error and "Traceback" not in error
+    assert not (tmp_path / "x.png").exists()
