@@ -112,7 +112,8 @@ class StableDiffusion:
         """
         check_int("batch_size", batch_size, 1)
         height, width = self._check_size(image_size)
-        shape = (batch_size, height // 8, width // 8, self.config.unet.latent_channels)
+        f = self.config.vae.downsampling_factor  # pixels per latent pixel: 8
+        shape = (batch_size, height // f, width // f, self.config.unet.latent_channels)
         x_t = self._initial_noise(shape, seed, noise)
         latent = self._sample(prompt, negative_prompt, batch_size, x_t, num_steps,
                               guidance_scale, 0, callback)

@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 import keras
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: the auto (widget) bars vanish offline
 
 
 @dataclass(frozen=True)
