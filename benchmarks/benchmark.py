@@ -8,8 +8,9 @@ Every implementation runs in a fresh Python process of its own, one after the ot
 memory (the process's maximum resident set) is its own, and each can use its own framework and
 Keras backend. Each process first measures its framework's float32 matrix-multiply rate
 (a (2048, 3072) x (3072, 3072) product, best of 5), which is the ceiling its model can reach on
-this hardware in that minute: on a shared machine the rate moves, so each row's ratios use the
-rate measured in the same process, minutes apart from its model timings. Two tasks:
+this hardware in that minute. On a shared machine the rate moves, so it is measured again
+right before every timed call and after the last, and each ratio is the best time's FLOP/s over
+the best matmul rate of that window (``timed``). Two tasks:
 
 - ``step``: one guided DDIM step (UNet on the prompt and on the empty prompt, guidance, DDIM
   update), timed ``--repeats`` times after a warm-up (which compiles), at ``--step-size`` px.
@@ -89,13 +90,17 @@ def matmul_rate(matmul, repeats=5):
 
 
 def timed(result, key, fn, repeats, matmul):
-    """result[key] = best time of ``fn`` over ``repeats`` calls, and result[key + "_matmul"] =
-    the matmul rate measured just before and just after (their mean): the ceiling at that time,
-    which on a shared machine moves from minute to minute."""
-    before = matmul_rate(matmul)
-    result[key], result[key + "_all"] = best_time(fn, repeats)
-    after = matmul_rate(matmul)
-    result[key + "_matmul"], result[key + "_matmul_range"] = (before + after) / 2, [before, after]
+    """result[key] = the best time of ``fn`` over ``repeats`` calls, each call right after a
+    matmul measurement; result[key + "_matmul"] = the best matmul rate in that window. On a
+    shared machine both move from minute to minute; the best of each, interleaved, estimates
+    what the code and the hardware do when the machine is least disturbed."""
+    rates, times = [], []
+    for _ in range(repeats):
+        rates.append(matmul_rate(matmul, repeats=3))
+        times.append(best_time(fn, 1)[0])
+    rates.append(matmul_rate(matmul, repeats=3))
+    result[key], result[key + "_all"] = min(times), times
+    result[key + "_matmul"], result[key + "_matmul_range"] = max(rates), [min(rates), max(rates)]
 
 
 # --- sdlearn ------------------------------------------------------------------------------------
