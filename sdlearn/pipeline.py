@@ -141,7 +141,8 @@ class StableDiffusion:
 
     def decode(self, latent):
         """Latent (B, h, w, 4) -> uint8 image (B, 8h, 8w, 3): [-1, 1] mapped to 0..255."""
-        image = np.asarray(self.decoder.predict_on_batch(np.asarray(latent)), "float32")
+        latent = np.asarray(latent, "float32")  # one dtype: a float64 input would retrace
+        image = np.asarray(self.decoder.predict_on_batch(latent), "float32")
         return np.clip((image + 1.0) * 127.5, 0, 255).astype("uint8")
 
     def _sample(self, prompt, negative_prompt, batch_size, x_t, num_steps, guidance_scale,
