@@ -17,5 +17,5 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
-export TF_CPP_MIN_LOG_LEVEL=2 MPLBACKEND=Agg
+export TF_CPP_MIN_LOG_LEVEL=2 TQDM_MININTERVAL=1e9
 .venv/bin/python -m pytest "$@"

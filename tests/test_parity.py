@@ -7,7 +7,10 @@ inputs in float32. Building the full-size models takes a few minutes on 2 cores,
 here shares module-scoped fixtures.
 """
 
+import gc
+
 import h5py
+import keras
 import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
@@ -33,6 +36,14 @@ def assert_close(name, got, expected):
 SIZE = 128  # pixels; latent 16x16, the smallest KerasCV accepts (multiples of 128)
 
 kcv = pytest.importorskip("keras_cv.src.models.stable_diffusion.stable_diffusion")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_memory_afterwards():
+    """The full-size models hold over 10 GB: give it back before the next test module runs."""
+    yield
+    keras.backend.clear_session()
+    gc.collect()
 
 
 def write_legacy_h5(model, path):
