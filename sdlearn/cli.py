@@ -1,8 +1,11 @@
-"""The ``sdlearn`` command: generate an image, download the SD v1.4 weights.
+"""The ``sdlearn`` command: generate an image, download the SD v1.4 weights, train the tiny
+model, measure how well it follows prompts.
 
     sdlearn generate "a red circle in the top left on a white background" -o out.png
     sdlearn generate "an astronaut riding a horse" --model sd-v1 --size 512 -o horse.png
     sdlearn download
+    sdlearn train --quick                 # sdlearn train --help: stages, resume, steps
+    sdlearn evaluate --seen 40 --held-out 40
 """
 
 import argparse
@@ -38,6 +41,13 @@ def _parser():
 
     commands.add_parser("download", help="fetch SD v1.4 (text encoder, UNet, VAE; 4.3 GB) "
                         "into $SDLEARN_CACHE (default ~/.cache/sdlearn)")
+
+    from sdlearn import evaluate, train  # their options live beside their code
+
+    train.build_parser(commands.add_parser(
+        "train", help="train the tiny model from scratch (autoencoder, CLIP, UNet)"))
+    evaluate.build_parser(commands.add_parser(
+        "evaluate", help="measure how well the tiny model follows prompts"))
     return parser
 
 
@@ -91,7 +101,11 @@ def download(args):
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        {"generate": generate, "download": download}[args.command](args)
+        from sdlearn import evaluate, train
+
+        commands = {"generate": generate, "download": download, "train": train.command,
+                    "evaluate": evaluate.command}
+        commands[args.command](args)
     except (ValueError, TypeError, OSError) as error:  # our checks: say what is wrong, no trace
         print(f"sdlearn {args.command}: error: {error}", file=sys.stderr)
         return 2
