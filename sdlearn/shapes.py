@@ -36,8 +36,10 @@ BACKGROUND_RGB = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 12
 # The four quadrant centres and the image centre.
 ANCHORS = {"top left": (0.25, 0.25), "top right": (0.75, 0.25), "bottom left": (0.25, 0.75),
            "bottom right": (0.75, 0.75), "center": (0.5, 0.5)}
-# Half the side of the shape's bounding box, as a fraction of the image side (7 / 13 px at 64).
-HALF_SIZE = {"small": 0.11, "large": 0.21}
+# Half the side of the shape's bounding box, as a fraction of the image side (9 / 13 px at 64).
+# A small shape spans about two cells of the 8x8 latent: smaller ones (7 px) came back from the
+# tiny autoencoder as round blobs, whatever their shape.
+HALF_SIZE = {"small": 0.14, "large": 0.21}
 CENTRE_JITTER = 0.04  # with an rng, the centre moves by up to 4% of the side (~2.5 px) ...
 SIZE_JITTER = 0.10  # ... and the half-size grows or shrinks by up to 10%
 SUPERSAMPLE = 4  # draw 4x larger, then average 4x4 blocks: antialiased edges
@@ -184,7 +186,7 @@ def analyse(image):
                 That half is the shape's inside, not its edges blended with the background.
     position    the anchor nearest to the mask's centroid.
     size        the longest side of the mask's box, counting only rows and columns with at
-                least 2 mask pixels. small <= 0.24 of the side, large >= 0.38, split at 0.32.
+                least 2 mask pixels. small <= 0.31 of the side, large >= 0.38, split at 0.35.
     shape       from moments of the pixel coordinates (x, y), so a few wrong pixels hardly
                 matter. A triangle (apex up) has most pixels low down: the skewness of y is
                 about -0.57, and 0 for the symmetric circle and square. A square's pixels
