@@ -12,12 +12,8 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[course]"
 export TF_CPP_MIN_LOG_LEVEL=2
-# The tiny model's trained weights have not shipped yet (README, "Status"): until they do, the
-# picture comes from the same code with random weights, and sdlearn labels it as noise.
-weights=random
-[ -f sdlearn/data/tiny/manifest.json ] && weights=default
 .venv/bin/sdlearn generate "a red circle in the top left on a white background" --seed 0 \
-    --weights "$weights" --steps 20 -o out.png
+    -o out.png
 if [ -z "${NO_JUPYTER:-}" ]; then
     exec .venv/bin/jupyter lab notebooks/
 fi

@@ -32,7 +32,8 @@ def _parser():
                           help="with --model sd-v1: download missing weights first")
     generate.add_argument("--negative-prompt", default=None)
     generate.add_argument("--steps", type=int, default=50)
-    generate.add_argument("--guidance", type=float, default=7.5)
+    generate.add_argument("--guidance", type=float, default=None,
+                          help="classifier-free guidance scale (default: 7.5 sd-v1, 5 tiny)")
     generate.add_argument("--seed", type=int, default=None)
     generate.add_argument("--batch-size", type=int, default=1)
     generate.add_argument("--size", type=int, nargs="+", metavar="PIXELS",
@@ -79,8 +80,9 @@ def generate(args):
                               batch_size=args.batch_size, num_steps=args.steps,
                               guidance_scale=args.guidance, seed=args.seed,
                               image_size=tuple(args.size) if args.size else None)
+    guidance = sd.config.guidance_scale if args.guidance is None else args.guidance
     metadata = {"prompt": args.prompt, "negative_prompt": args.negative_prompt or "",
-                "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+                "steps": args.steps, "guidance": guidance, "seed": args.seed,
                 "model": sd.weights_source}
     for i, image in enumerate(images):
         path = args.output if len(images) == 1 else args.output.with_stem(f"{args.output.stem}-{i}")

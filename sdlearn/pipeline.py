@@ -103,10 +103,11 @@ class StableDiffusion:
         return self.unet.predict_on_batch(inputs)
 
     def text_to_image(self, prompt, negative_prompt=None, batch_size=1, num_steps=50,
-                      guidance_scale=7.5, seed=None, image_size=None, noise=None, callback=None):
+                      guidance_scale=None, seed=None, image_size=None, noise=None, callback=None):
         """uint8 images (batch_size, H, W, 3) for ``prompt``.
 
         ``image_size``: (H, W) or one int; default the track's (512 for sd-v1, 64 for tiny).
+        ``guidance_scale``: default the track's (7.5 for sd-v1, 5 for tiny; see config.py).
         ``noise``: the initial latent (batch_size, H/8, W/8, 4), instead of drawing it from
         ``seed``. ``callback(i, t, x_t, pred_x0)`` sees every step (see ``sampler.sample``).
         """
@@ -120,7 +121,7 @@ class StableDiffusion:
         return self.decode(latent)
 
     def image_to_image(self, image, prompt, strength=0.75, negative_prompt=None, num_steps=50,
-                       guidance_scale=7.5, seed=None, callback=None):
+                       guidance_scale=None, seed=None, callback=None):
         """Re-imagine ``image`` (uint8, (H, W, 3) or (B, H, W, 3)) following ``prompt``.
 
         The image is encoded to x_0, noised to the level where ``strength`` of the num_steps
@@ -147,6 +148,8 @@ class StableDiffusion:
 
     def _sample(self, prompt, negative_prompt, batch_size, x_t, num_steps, guidance_scale,
                 start_step, callback):
+        if guidance_scale is None:
+            guidance_scale = self.config.guidance_scale
         # One prompt (1, 77, D) is shared by the batch (the sampler repeats it); or B prompts.
         context, unconditional = (self.encode_text(p) for p in (prompt, negative_prompt or ""))
         for name, c in (("prompt", context), ("negative_prompt", unconditional)):
