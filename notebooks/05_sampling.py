@@ -27,22 +27,25 @@
 # one UNet call takes tens of milliseconds, so we can afford hundreds of them.
 
 # %%
-# ~15 s and ~1 GB on a 2-core CPU (importing TensorFlow, building three models)
+# ~25 s and ~1 GB on a 2-core CPU (importing TensorFlow, building three models)
+import logging
+
 import matplotlib.pyplot as plt
 import numpy as np
 
 from sdlearn import sampler, shapes
 from sdlearn.course import load_pipeline, show_images, show_source
 
+logging.getLogger("tensorflow").setLevel(logging.ERROR)  # no notes on retracing per batch size
 sd = load_pipeline(jit_compile=False)  # XLA compiling costs more than it saves here
 PROMPT = "a red circle in the top left on a white background"
 STEPS = 25  # DDIM steps for most pictures in this chapter (SD's default is 50)
 context = sd.encode_text(PROMPT)  # (1, 77, D)
 unconditional = sd.encode_text("")  # the empty prompt, for guidance
-latent_shape = (1, sd.config.image_size // 8, sd.config.image_size // 8, 4)
+side = sd.config.image_size // sd.config.vae.downsampling_factor  # 8 pixels per latent pixel
+latent_shape = (1, side, side, sd.config.unet.latent_channels)
 print("context:", context.shape, " unconditional:", unconditional.shape,
       " latent:", latent_shape)
-
 
 # %% [markdown]
 # ## 1. The noise schedule
@@ -118,6 +121,7 @@ show_source(sampler.add_noise)
 # is what Stable Diffusion actually noises, decoding each noisy latent back to pixels.
 
 # %%
+# ~10 s on a 2-core CPU (the first calls of the encoder and decoder trace them)
 scene = shapes.Scene("large", "red", "circle", "top left", "white")
 image = shapes.render(scene)  # (64, 64, 3) uint8
 timesteps_shown = np.array([0, 100, 250, 400, 600, 800, 999])
@@ -144,8 +148,9 @@ show_images(np.concatenate([noisy_pixels, decoded]),
                      "the pixels; bottom, to the latent (decoded)", columns=n, size=1.6)
 
 # %% [markdown]
-# In pixels the circle is still visible at $t = 600$ and gone at 999. In the latent, noise
-# destroys the picture much sooner: every latent pixel stands for an 8x8 patch, and the decoder
+# In pixels the circle is still faintly visible at $t = 600$ and gone from 800 on. In the
+# latent, noise destroys the picture much sooner (the circle is a distorted blob at 400 and gone
+# at 600): every latent pixel stands for an 8x8 patch, and the decoder
 # turns latent noise into large coloured blotches. The UNet's task at each $t$ is the reverse:
 # given the bottom row's latents (and $t$, and the prompt), say which noise $\epsilon$ was added.
 
@@ -223,8 +228,9 @@ print("x_prev == add_noise(x_0, eps, alpha_t'):",
 # $$\tilde\epsilon = \epsilon_\theta(x_t, t, \varnothing)
 #    + s\,\big(\epsilon_\theta(x_t, t, c) - \epsilon_\theta(x_t, t, \varnothing)\big).$$
 #
-# $s = 1$ is the conditional prediction, $s = 0$ ignores the prompt, and $s = 7.5$ (SD's default)
-# exaggerates whatever the prompt changes. Both predictions come from one UNet call on a batch
+# $s = 1$ is the conditional prediction, $s = 0$ ignores the prompt, and $s > 1$ exaggerates
+# whatever the prompt changes: SD's default is 7.5; the tiny track's is 5 (`sd.config.guidance_scale`),
+# which measured better on its shapes (at 7.5 its colours start to saturate). Both predictions come from one UNet call on a batch
 # of $2B$, rows `[unconditional; conditional]`; KerasCV makes two calls of batch $B$ instead.
 # The sampler skips the unconditional half when $s = 1$.
 
@@ -248,8 +254,9 @@ class CountingUNet:
         return self.unet_call(inputs)
 
 
+# ~10 s on a 2-core CPU (20 UNet calls; the first at each batch size traces the model)
 noise = np.random.default_rng(0).standard_normal(latent_shape).astype("float32")
-for scale in (7.5, 1.0):
+for scale in (sd.config.guidance_scale, 1.0):
     counter = CountingUNet(sd.unet_call)
     sampler.sample(counter, noise, context, unconditional, num_steps=10, guidance_scale=scale)
     print(f"guidance_scale {scale}: {len(counter.batches)} UNet calls for 10 steps, "
@@ -294,6 +301,7 @@ print("invariants hold: 10 steps, each timestep once in decreasing order, each x
       "DDIM step from the last")
 
 # %%
+# ~8 s on a 2-core CPU (decoding at two new batch sizes traces the decoder twice)
 x_ts = np.concatenate([x_t for _, _, x_t, _ in records])  # (10, h, w, 4)
 x0s = np.concatenate([x0 for _, _, _, x0 in records])
 print("latents per step:", x_ts.shape, " predicted x0 per step:", x0s.shape)
@@ -306,10 +314,13 @@ print("the image the pipeline returned is the last predicted x0, decoded (to 1 o
       np.abs(final[0].astype(int) - frames[-1]).max() <= 1)
 
 # %% [markdown]
-# Read the bottom row first: after the very first step, from almost pure noise, the UNet already
-# guesses the layout (background, a blob in roughly the right place); later steps settle the
-# colour, shape and edges. The top row is what the sampler actually carries between steps: the
-# predicted image plus a shrinking amount of the same noise.
+# Read the bottom row first: after the very first step, from almost pure noise, the UNet's guess
+# is a pale background with faint blobs; one step later ($t = 888$) it has settled on a red blob
+# and where it goes, and the later steps only sharpen it into a disc. Where it goes is the
+# **bottom** left, although the prompt asks for the top left: with this starting noise (seed 0)
+# the tiny model does not follow the position (section 7 and the "predict" cells show why: from
+# seed 0 even the empty prompt draws a red circle there). The top row is what the sampler actually
+# carries between steps: the predicted image plus a shrinking amount of the same noise.
 
 # %% [markdown]
 # ## 6. Guidance scale against number of steps
@@ -320,8 +331,8 @@ print("the image the pipeline returned is the last predicted x0, decoded (to 1 o
 # moments), so it reports the colour, shape and position a picture shows.
 
 # %%
-# ~10 s on a 2-core CPU (16 images, 184 UNet calls)
-scales = (1.0, 3.0, 7.5, 15.0)
+# ~10 s on a 2-core CPU (20 images, 230 UNet calls)
+scales = (1.0, 3.0, 5.0, 7.5, 15.0)
 step_counts = (3, 6, 12, 25)
 grid = {}
 for s in scales:
@@ -336,7 +347,7 @@ def describe(image):
     return " ".join(str(v) for v in (read.colour, read.shape, read.position) if v) or "nothing"
 
 
-fig, axes = plt.subplots(len(scales), len(step_counts), figsize=(8, 8.6))
+fig, axes = plt.subplots(len(scales), len(step_counts), figsize=(8, 10.6))
 for r, s in enumerate(scales):
     for c, n_steps in enumerate(step_counts):
         ax = axes[r, c]
@@ -353,6 +364,13 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# What the grid shows, for this prompt and seed: with 12 or 25 steps every guidance scale draws
+# the same red circle in the bottom left (not the top left the prompt asks for; see above), the
+# colour more saturated as $s$ grows. With few steps, strong guidance fails: at 3 steps and
+# $s \ge 5$ the circle is pale and the image gets a whitish frame, which the analyser takes for
+# the shape ("yellow square center"). Without guidance ($s = 1$) even 3 steps give a clean,
+# darker red disc. More guidance needs more steps.
+#
 # ## 7. Seeds
 #
 # The only randomness in generation is the starting noise $x_T$, drawn from `seed` with numpy's
@@ -372,9 +390,14 @@ noises = np.concatenate([np.random.default_rng(s).standard_normal(latent_shape) 
 print("noises:", noises.shape)
 images = sd.text_to_image(prompt, batch_size=len(seeds), num_steps=STEPS, noise=noises)
 show_images(images, [f"seed {s}: {describe(im)}" for s, im in zip(seeds, images)],
-            suptitle=f"'{prompt}' with six seeds ({STEPS} DDIM steps, guidance 7.5)", size=1.8)
+            suptitle=f"'{prompt}' with six seeds ({STEPS} DDIM steps, guidance "
+                     f"{sd.config.guidance_scale:g})", size=1.8)
 
 # %% [markdown]
+# Left free to choose, the tiny model has favourites: five of the six seeds give a green
+# triangle on a light background, one (seed 3) a red triangle on black, which the analyser reads
+# as a circle (the pale bar under it spoils its moments). The position changes with the seed.
+#
 # ## 8. Negative prompts
 #
 # The unconditional half of guidance does not have to be the empty prompt. With a negative
@@ -384,6 +407,7 @@ show_images(images, [f"seed {s}: {describe(im)}" for s, im in zip(seeds, images)
 # world we can count what it does: leave the colour open, forbid red, and read the colours back.
 
 # %%
+# ~10 s on a 2-core CPU (16 images, 50 UNet calls of batch 16)
 prompt, negative = "a large circle on a black background", "a red circle"
 without = sd.text_to_image(prompt, batch_size=8, num_steps=STEPS, seed=0)  # 8 noises
 with_negative = sd.text_to_image(prompt, negative_prompt=negative, batch_size=8,
@@ -397,6 +421,15 @@ show_images(np.concatenate([without, with_negative]),
                      f"'{negative}'", columns=8, size=1.4)
 
 # %% [markdown]
+# Here the experiment does **not** show what negative prompts are for. Without the negative
+# prompt, 2 of the 8 samples read as red; with "a red circle" as the negative prompt, still 2 of
+# 8 (samples 0 and 1, now clean orange-red squares, where before samples 1 and 5 were dark red
+# smudges). Note also that the tiny model drew "a large circle on a black background" mostly as
+# green **squares**: it follows the background much better than the shape in this prompt. The
+# negative prompt does change every picture, since it replaces the empty prompt in all guidance
+# steps (the smudges of samples 1, 3 and 5 become clean shapes), but on this small model it is
+# not a reliable "no red" switch. Exercise for the curious: try other negative prompts, and count.
+#
 # ## 9. A second sampler: Euler on Karras noise levels
 #
 # Divide the forward formula by $\sqrt{\bar\alpha_t}$ and it reads
@@ -449,13 +482,18 @@ noise = np.random.default_rng(7).standard_normal(latent_shape).astype("float32")
 comparison, titles = [], []
 for name, sample in (("DDIM", sampler.sample), ("Euler", sampler.sample_euler)):
     for n_steps in (5, 10, STEPS):
-        latent = sample(sd.unet_call, noise, context, unconditional, num_steps=n_steps)
+        latent = sample(sd.unet_call, noise, context, unconditional, num_steps=n_steps,
+                        guidance_scale=sd.config.guidance_scale)
         comparison.append(sd.decode(latent)[0])
         titles.append(f"{name}, {n_steps} steps")
 show_images(np.stack(comparison), titles, columns=3, size=1.8,
             suptitle=f"DDIM (top) and Euler-Karras (bottom) from the same noise, '{PROMPT}'")
 
 # %% [markdown]
+# From this noise both samplers draw the same red circle in the top left; at 5 steps both leave
+# a faint ghost in the bottom left, gone at 10. On this small model the two step rules, which
+# only place their steps differently, give pictures that differ in details only.
+#
 # ## Predict, then run
 #
 # Write down your prediction before running each cell.
@@ -471,6 +509,10 @@ print("the empty prompt's image, to within 2 of 255 levels:",
       np.abs(zero_guidance.astype(int) - empty_prompt).max() <= 2)
 
 # %% [markdown]
+# Guidance 0 gives exactly the empty prompt's image, and from seed 0 the empty prompt already
+# draws a red circle in the bottom left: this starting noise leads there whatever the prompt,
+# which is why the filmstrip above put the "top left" circle in the bottom left.
+#
 # 2. `ddim_timesteps(1)` is `[0]`: a single step at $t = 0$, where the UNet expects an almost
 #    clean latent. What comes out of a one-step sampler started from pure noise?
 
@@ -480,6 +522,10 @@ print("1 step reads as:", describe(one_step[0]),
       "| pixel std:", round(float(one_step.std()), 1))
 
 # %% [markdown]
+# One step at $t = 0$ divides by $\sqrt{\bar\alpha_0} = 0.9996$ and removes $\sqrt{1 - \bar\alpha_0}
+# = 0.03$ of a noise estimate: the result is (almost) the starting noise, decoded, blotches like
+# the first frame of the filmstrip's top row. The analyser still finds some "shape" in it.
+#
 # 3. Multiply the starting noise by 0.5. The model expects $x_{999}$ with standard deviation 1.
 #    Does the picture get calmer, or does it fall apart?
 
@@ -491,6 +537,11 @@ show_images(np.concatenate([strong, weak]), ["noise x 1", "noise x 0.5"], size=1
             suptitle="The same noise at its proper scale and at half of it")
 
 # %% [markdown]
+# It does not fall apart here: half the noise still gives a clean red disc, but in another place
+# (the top left, where the prompt wants it, instead of the bottom left) and a little smaller. The
+# sampler is a deterministic map from $x_T$ to an image, and scaling $x_T$ moves it to another
+# picture; with the tiny model, the weaker noise left more room for the prompt.
+#
 # ## Exercises
 #
 # Each exercise has a `check_*` function that says what is wrong and gives a hint. Replace the
