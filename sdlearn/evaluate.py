@@ -122,6 +122,24 @@ def markdown_table(result, counts):
     return "\n".join(lines)
 
 
+def target_report(result):
+    """One line per target of issue 3, at DEFAULT_GUIDANCE: measured, and met or not."""
+    scores = result[DEFAULT_GUIDANCE]
+    lines = []
+    for attribute, target in TARGETS.items():
+        measured = ", ".join(f"{g} {100 * s[attribute]:.1f}%" for g, s in scores.items())
+        met = all(s[attribute] >= target for s in scores.values())
+        lines.append(f"{attribute} >= {100 * target:.0f}%: {measured} "
+                     f"({'met' if met else 'not met'})")
+    if {"seen", "held-out"} <= scores.keys():
+        gaps = {a: scores["seen"][a] - scores["held-out"][a] for a in TARGETS}
+        worst = max(gaps, key=gaps.get)
+        met = gaps[worst] <= MAX_HELD_OUT_GAP
+        lines.append(f"held-out within {100 * MAX_HELD_OUT_GAP:.0f} points of seen: largest gap "
+                     f"{100 * gaps[worst]:.1f} ({worst}) ({'met' if met else 'not met'})")
+    return lines
+
+
 def non_negative_int(text):
     value = int(text)
     if value < 0:
@@ -168,5 +186,7 @@ def command(args):
                       guidance_scales=args.guidance, num_steps=args.steps, seed=args.seed,
                       batch_size=args.batch_size, weights_dir=args.weights)
     print(markdown_table(result, {"seen": args.seen, "held-out": args.held_out}))
+    if DEFAULT_GUIDANCE in result:
+        print(f"\nTargets at guidance {DEFAULT_GUIDANCE:g}:", *target_report(result), sep="\n")
     print(f"\n{(args.seen + args.held_out) * len(args.guidance)} images, {args.steps} DDIM "
           f"steps, seed {args.seed}, in {time.perf_counter() - start:.0f} s.")
