@@ -1,14 +1,11 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
-#   kernelspec:
-#     display_name: Python 3 (ipykernel)
-#     language: python
-#     name: python3
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 # ---
 
 # %% [markdown]
@@ -27,8 +24,8 @@
 # ## Three lines
 
 # %%
-# ~15 s, ~1 GB on a 2-core CPU: imports Keras/TensorFlow, builds the three models, then
-# generates (the first UNet call compiles it with XLA)
+# ~30-60 s, ~1 GB on a 2-core CPU: imports Keras/TensorFlow, builds the three models, then
+# generates (the first call of each model compiles it with XLA)
 from sdlearn.course import load_pipeline
 
 sd = load_pipeline()
@@ -45,9 +42,16 @@ show_images(images, ["a large red circle in the top left on a black background"]
 # `text_to_image` returns `uint8` pixels, `(batch, height, width, 3)`. The seed fixes the
 # starting noise, so the same call gives the same picture on any machine.
 #
+# What did the tiny model draw? A red shape in the top left quarter on a black background:
+# colour, size, position and background are what the prompt asked for. The shape itself is
+# not a clean circle, though: it is a lumpy, blurred blob with flat sides. The tiny model was
+# trained for about 30 minutes on a CPU, and its 8x8 latent is coarse; chapter 6 measures how
+# often it gets each attribute right.
+#
 # A few more prompts, in one batched call (one prompt per image; each title is the prompt):
 
 # %%
+# ~15-40 s on a 2-core CPU: a new batch size compiles the UNet again (XLA)
 prompts = ["a large red circle in the top left on a black background",
            "a small blue square in the bottom right on a white background",
            "a large yellow triangle in the center on a gray background",
@@ -60,6 +64,12 @@ show_images(batch, [p.replace(" in the", "\nin the").replace(" on a", "\non a") 
             suptitle=f"Six prompts, seed 1 ({sd.weights_source})", columns=6, size=2.2)
 
 # %% [markdown]
+# Every colour, position and background matches its prompt here. The shapes are rough: the
+# triangle on gray is the clearest, the orange triangle came out as a three-armed blob,
+# circles and squares both come out as rounded squares, and the gray background carries some
+# faint coloured texture. Keep that in mind in the chapters that follow: the tiny model is
+# good enough to show what each part does, not a good image generator.
+#
 # ## The map of the system
 #
 # Stable Diffusion is three networks and a loop:
@@ -85,6 +95,7 @@ print(sdlearn.pipeline.__doc__)
 # the sampler in `sdlearn.sampler`.
 
 # %%
+# ~15 s on a 2-core CPU
 import numpy as np
 
 from sdlearn import sampler
@@ -93,11 +104,11 @@ prompt = prompts[0]
 tokens = sd.tokenizer(prompt)  # (1, 77) int32
 context = sd.text_encoder.predict_on_batch(tokens)  # (1, 77, D)
 unconditional = sd.encode_text("")  # the empty prompt, for classifier-free guidance
-side = sd.config.image_size // 8  # the latent is 8x smaller than the image
+side = sd.config.image_size // sd.config.vae.downsampling_factor  # 8x smaller than the image
 noise = np.random.default_rng(0).standard_normal((1, side, side, 4)).astype("float32")
 eps = sd.unet_call([noise, np.array([999.0], "float32"), context])  # one UNet call at t = 999
 latent = sampler.sample(sd.unet_call, noise, context, unconditional, num_steps=50,
-                        guidance_scale=7.5)
+                        guidance_scale=sd.config.guidance_scale)  # the track's default
 image = sd.decode(latent)
 
 shapes = {"prompt": f"str ({len(prompt)} characters)", "tokens": tokens.shape,
@@ -163,7 +174,7 @@ plt.show()
 #
 # At each step the sampler also has an estimate of the final clean latent, $\hat x_0$
 # (chapter 5 derives it). The `callback` argument lets us look: decode $x_t$ and $\hat x_0$ at
-# a few steps. The noisy latents decode to noise; the estimates sharpen into the answer.
+# a few steps.
 
 # %%
 frames = {}
@@ -185,6 +196,10 @@ show_images(np.concatenate([x_ts, x0s]),
             columns=len(keep), size=1.8)
 
 # %% [markdown]
+# The noisy latents $x_t$ decode to coloured blotches until late in the loop. The estimate
+# $\hat x_0$ already puts a bright patch in the top left at the first step, has turned it red by
+# step 10, and afterwards only sharpens its edges: the layout is decided in the noisiest steps.
+#
 # ## How big are the parts?
 
 # %%
@@ -235,7 +250,7 @@ except OSError as error:
 # 1. The same prompt and seed twice: the same pixels? And with `seed=1`?
 # 2. `guidance_scale=1.0` ignores the empty-prompt estimate (chapter 5). Will the picture
 #    still follow the prompt?
-# 3. `image_size=80`: what happens?
+# 3. `image_size=72`: what happens?
 
 # %%
 a = sd.text_to_image(prompt, seed=0, num_steps=20)
@@ -247,11 +262,17 @@ print("1. same seed, max pixel difference:", np.abs(a.astype(int) - b).max(),
 show_images(np.concatenate([a, c, d]), ["seed 0", "seed 1", "seed 0, guidance 1.0"],
             suptitle=f"{prompt!r} ({sd.weights_source})", size=2.4)
 try:
-    sd.text_to_image(prompt, image_size=80)
+    sd.text_to_image(prompt, image_size=72)
 except ValueError as error:
     print("3. ValueError:", error)
 
 # %% [markdown]
+# (1.) Same seed, same pixels; another seed moves the blob. (2.) Without guidance the shape is
+# still in the top left on black, but here it came out orange, not red: on this model,
+# guidance is what pulls the colour to the prompt's. (3.) Sides must be multiples of 16 on the
+# tiny track (8 for the VAE, times 2 for the UNet's one halving; 64 on sd-v1), and the error
+# says which sizes would work.
+#
 # ## Exercises
 #
 # Replace each `None` with your answer and run the cell; the check says what is wrong and
@@ -281,7 +302,7 @@ check_context_shape((3, 77, 768))
 
 # %% [markdown]
 # **Exercise 3.** How many times does `sd.text_to_image(prompt, num_steps=20)` call the UNet
-# (with the default guidance scale 7.5)? Predict, then count.
+# (with the track's default guidance scale: 5 on tiny, 7.5 on sd-v1)? Predict, then count.
 
 # %%
 check_unet_calls(None)  # your answer, a number
