@@ -1,14 +1,11 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
-#   kernelspec:
-#     display_name: Python 3 (ipykernel)
-#     language: python
-#     name: python3
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 # ---
 
 # %% [markdown]
@@ -40,6 +37,7 @@
 
 # %%
 # ~25 s, ~1 GB on a 2-core CPU: imports Keras/TensorFlow and builds the tiny track's models
+import logging
 import time
 
 import keras
@@ -53,6 +51,7 @@ from sdlearn.course import load_pipeline, show_source
 from sdlearn.layers import MultiHeadAttention, ResBlock, attention_weights
 from sdlearn.unet import SpatialTransformer, UNet, timestep_embedding
 
+logging.getLogger("tensorflow").setLevel(logging.ERROR)  # no notes on retracing per batch size
 sd = load_pipeline(jit_compile=False)  # XLA compiling costs more than it saves for a few calls
 unet, config = sd.unet, sd.config.unet
 latent_side = sd.config.image_size // sd.config.vae.downsampling_factor
@@ -285,7 +284,7 @@ print(f"SpatialTransformer 16x16x320, 8 heads of 40: {n} weights copied, "
 # *symbolically* at a 64x64 latent: shapes only, no arithmetic.
 
 # %%
-# ~55 s, ~4 GB on a 2-core CPU: builds SD v1's UNet (random weights) and traces its shapes
+# ~50 s, ~4 GB on a 2-core CPU: builds SD v1's UNet (random weights) and traces its shapes
 start = time.perf_counter()
 keras.utils.set_random_seed(0)
 sd_unet = UNet(SD_V1.unet)
@@ -344,6 +343,7 @@ print(f"(built and traced in {time.perf_counter() - start:.0f} s)")
 # %%
 print_table(sd_rows, "SD v1 UNet at 512 px (latent 64x64x4), read from the model's graph")
 
+
 # %% [markdown]
 # Reading the table top to bottom is reading `UNet.__init__`: the two Dense layers of the time
 # MLP, the input convolution (skip #0), then per level two (ResBlock, Transformer) pairs and a
@@ -384,8 +384,8 @@ def plot_u(rows, title):
     plt.show()
 
 
-plot_u(sd_rows, "SD v1's UNet at 512 px: resolution of each layer's output "
-                "(marker size ~ channels)")
+plot_u(sd_rows, "SD v1's UNet at 512 px (random weights: shapes only): resolution of each "
+                "layer's output (marker size ~ channels)")
 
 # %% [markdown]
 # ### Where the 860 million parameters are
@@ -442,21 +442,23 @@ def plot_breakdown(groups, total, title):
 sd_groups = parameter_breakdown(sd_rows)
 total = sum(row[4] for row in sd_rows)
 assert total == sd_unet.count_params() == 859_520_964  # every parameter is in some row
-plot_breakdown(sd_groups, total, f"SD v1 UNet: {total:,} parameters by stage and resolution")
+plot_breakdown(sd_groups, total, f"SD v1 UNet (random weights: counts only): {total:,} "
+                                 "parameters by stage and resolution")
 for kind in ("ResBlock", "Transformer"):
     share = sum(row[4] for row in sd_rows if row[0] == kind) / total
     print(f"{kind:11}: {sum(row[0] == kind for row in sd_rows):2d} blocks, {share:.1%} of the "
           "parameters")
-print(f"blocks at 8x8 (down, middle, up): "
-      f"{sum(sum(v.values()) for (s, side), v in sd_groups.items() if side == 8) / total:.1%}")
+for side in (64, 32, 16, 8):
+    share = sum(sum(v.values()) for (s, at), v in sd_groups.items() if at == side) / total
+    print(f"blocks at {side}x{side} (down, middle, up): {share:.1%} of the parameters")
 del sd_unet  # frees ~3.4 GB
 
 # %% [markdown]
-# Most parameters live where the map is smallest: a $3\times3$ convolution from 2560 to 1280
-# channels alone has $9 \cdot 2560 \cdot 1280 \approx 29.5$ million weights, whatever the image
-# size. Compute is the other way round: the 64x64 levels have few parameters but 4096 pixels
-# each, and their self-attention compares every pixel with every other one, $4096^2$ pairs
-# per head.
+# Most parameters live where the map is small: the 16x16 and 8x8 levels hold 84% of them, the
+# 64x64 level 3.4%. A $3\times3$ convolution from 2560 to 1280 channels alone has
+# $9 \cdot 2560 \cdot 1280 \approx 29.5$ million weights, whatever the image size.
+# Compute is the other way round: the 64x64 levels have few parameters but 4096 pixels each,
+# and their self-attention compares every pixel with every other one, $4096^2$ pairs per head.
 #
 # **Is the whole UNet the same as KerasCV's?** Building KerasCV's full `DiffusionModel` as
 # well costs another 60-90 s here, too much for this notebook, so the full comparison lives in
@@ -541,7 +543,7 @@ maps_model = keras.Model(unet.inputs, outputs)  # eps, then (replayed, weights, 
 maps_model.compile(jit_compile=False)
 
 # %%
-# ~10 s on a 2-core CPU: the first call traces the model
+# ~15 s on a 2-core CPU: the first call traces the model
 prompt = "a red circle in the top left"
 prompt_context, empty_context = sd.encode_text(prompt), sd.encode_text("")  # (1, 77, D) each
 noise = np.random.default_rng(0).standard_normal((1, latent_side, latent_side,
@@ -566,7 +568,7 @@ for st, (replayed, weights, real) in zip(transformers, zip(*[iter(per_layer)] * 
 from sdlearn import sampler
 
 
-def generate_with_maps(prompt, seed, num_steps=25, guidance_scale=7.5):
+def generate_with_maps(prompt, seed, num_steps=25, guidance_scale=sd.config.guidance_scale):
     """The image (uint8) and per-token maps (77, side, side) averaged over steps and layers."""
     context = sd.encode_text(prompt)
     noise = np.random.default_rng(seed).standard_normal(
@@ -609,6 +611,9 @@ def plot_token_maps(image, maps, prompt):
     fig.suptitle(f'Cross-attention per token, "{prompt}" ({sd.weights_source}); '
                  "under each token: its mean share of attention", fontsize=9, y=1.04)
     plt.show()
+    padding = maps[len(names):].mean(axis=(1, 2)).sum()
+    print(f"share of attention on the {len(names)} tokens shown: {1 - padding:.0%}; on the "
+          f"{len(maps) - len(names)} padding tokens after <end>: {padding:.0%}")
 
 
 image, maps = generate_with_maps(prompt, seed=0)
@@ -618,11 +623,15 @@ plot_token_maps(image, maps, prompt)
 
 # %% [markdown]
 # Each map is scaled to its own maximum (the colour bar), and the percentage under each token
-# is how much of the pixels' attention it gets on average: most goes to `<start>`, which every
-# prompt shares, a sink that carries no position. The content words are the point: `red` and
-# `circle` light up where the circle is drawn, and `top` and `left` too, because the text
-# encoder has mixed the whole phrase into each of them (chapter 2). The same with another
-# prompt:
+# is how much of the pixels' attention it gets on average. Two things stand out, neither of
+# them what SD's famous pictures show. First, the nine tokens of the prompt get only about a
+# fifth of the attention (2-3% each); the rest goes to the padding after `<end>` (the line
+# under the figure), which the tiny model uses as a sink. Second, for this prompt the maps are
+# nearly flat: every token's weight varies by about a factor of two at most over the picture, and
+# no word clearly lights up where the red blob is (`a` is even a little *weaker* on it, in the
+# top left). The model still drew what was asked, a red shape in the top left: in an 8x8
+# latent, a uniform pull from the prompt plus the starting noise is enough. The same with
+# another prompt:
 
 # %%
 # ~5 s on a 2-core CPU
@@ -631,6 +640,17 @@ image2, maps2 = generate_with_maps(prompt2, seed=1)
 plot_token_maps(image2, maps2, prompt2)
 
 # %% [markdown]
+# Here the attention does land where the shape is. The maps of `in`, `the`, `bottom` and
+# `right`, and less sharply `square`, are brightest in the bottom right, on the blue square,
+# and dark elsewhere; `<start>` and `a` are the other way round, weakest on the square. So the
+# square's pixels take more from the words that say where it is, and the background's pixels
+# from the tokens every prompt shares. `blue` is not one of the bright ones: it is weaker on the
+# square than around it. What a token "means" to the UNet is its CLIP vector, which mixes the
+# whole phrase (chapter 2), so a map per token is not a map per word's meaning; and one
+# prompt's clean maps (this one) next to another's flat ones (above) is what a 1-million
+# parameter model trained for 20 minutes gives. Try other prompts and seeds with
+# `generate_with_maps`.
+#
 # ## Predict, then run
 #
 # 1. The UNet above was traced at a 64x64 latent. **Predict**: at a 96x64 latent (a
