@@ -1,14 +1,11 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
-#   kernelspec:
-#     display_name: Python 3 (ipykernel)
-#     language: python
-#     name: python3
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 # ---
 
 # %% [markdown]
@@ -71,8 +68,8 @@ print("tokens:", tokens.shape, "| prompt tokens with start and end:", length)
 # ## Token and position embeddings
 #
 # Two lookup tables: $E$ has a row of $D$ numbers per vocabulary entry (49,408 rows), $P$ a row
-# per position (77 rows). Attention on its own ignores order (it sees a *set* of vectors), so
-# $P$ is the only way the model knows that "red" comes before "circle".
+# per position (77 rows). Attention without a mask ignores order (it sees a *set* of
+# vectors); $P$ tells the model that "red" comes before "circle".
 
 # %%
 show_source(TokenAndPositionEmbedding)
@@ -99,8 +96,20 @@ ax.set_xlabel("position j")
 ax.set_ylabel("position i")
 fig.colorbar(image, ax=ax, label="cos(P_i, P_j)")
 plt.show()
+norms = np.linalg.norm(ops.convert_to_numpy(P), axis=1)
+print(f"|P_i|, mean over positions 0-13: {norms[:14].mean():.3g}; "
+      f"over positions 14-76: {norms[14:].mean():.3g}")
 
 # %% [markdown]
+# No pattern: apart from the diagonal, the cosines scatter around 0. The norms tell why. Keras
+# starts an embedding row as 32 numbers uniform in $\pm 0.05$, a norm of about
+# $\sqrt{32 \cdot 0.1^2 / 12} \approx 0.163$, and that is where positions 14 to 76 still are:
+# the longest shapes-world caption is 14 tokens with start and end, and the tiny CLIP's loss
+# reads the vector at the first end token, which (causal attention, next section) only sees
+# positions up to 13. The later rows never received a gradient. The rows training did use are
+# hardly larger on average (0.17) after its 250 steps. (On the sd-v1 track, CLIP read captions
+# of every length: run this cell there to compare.)
+#
 # ## Causal self-attention
 #
 # In each layer every token looks at the others. With queries $Q = x W_Q$, keys $K = x W_K$ and
@@ -222,6 +231,7 @@ axes[1].set_ylabel("quick_gelu(x) - gelu(x)")
 fig.tight_layout()
 plt.show()
 
+
 # %% [markdown]
 # ## Attention maps
 #
@@ -264,10 +274,11 @@ fig.suptitle(f"Attention of layer {layer_index} for {prompt!r} ({sd.weights_sour
 plt.show()
 
 # %% [markdown]
-# Every map is lower-triangular, and the `<start>` token often collects much of the weight:
-# transformers use the first token as a place to "park" attention they do not need (an
-# "attention sink"). The **end token** row is special: it is the only position that has read
-# the whole prompt.
+# Every map is lower-triangular. The first few tokens put most of their weight on `<start>`
+# (they have little else to look at; larger transformers also "park" unneeded attention on
+# the first token, an "attention sink"). Later tokens look back at content words: in head 0,
+# "in", "the" and "top" attend to "red", and the `<end>` token attends to "background". The
+# **end token** row is special: it is the only position that has read the whole prompt.
 #
 # ## How prompts relate
 #
@@ -304,6 +315,13 @@ fig.colorbar(image, ax=ax, label="cosine similarity")
 plt.show()
 
 # %% [markdown]
+# The tiny encoder's pooled vector is mostly about **colour**: "a red circle" and "a red
+# square" are at 0.99, "a blue circle" and "a blue square" at 0.98, while red against blue is
+# below 0.2. Shape hardly moves it. Its CLIP training ended at 59% accuracy (picking the right
+# caption among 128, from the manifest in chapter 6), and colour is the easiest thing to tell
+# apart. The UNet reads all 77 vectors, though, and position 3 ("circle" or "square") does
+# differ between those prompts (see the questions at the end of this chapter).
+#
 # ## Same numbers as KerasCV
 #
 # sdlearn's encoder is meant to be CLIP's text encoder exactly, so that it runs the published
@@ -314,17 +332,19 @@ plt.show()
 # and run both on the same prompts.
 
 # %%
-# ~60-80 s, ~2 GB on a 2-core CPU: builds two full-size (123 M parameter) text encoders
+# ~45 s, ~2 GB on a 2-core CPU: builds two full-size (123 M parameter) text encoders
 import tempfile
 import warnings
 from pathlib import Path
 
 import h5py
+import keras
 from keras.src.legacy.saving import legacy_h5_format
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # keras_cv imports tqdm.auto
 from keras_cv.src.models.stable_diffusion.text_encoder import TextEncoder as KerasCVTextEncoder
 
+keras.utils.set_random_seed(0)  # the same random weights in every run
 reference = KerasCVTextEncoder(77, download_weights=False)  # KerasCV's random initial weights
 ours = TextEncoder()  # TextEncoderConfig(): SD v1's size
 with tempfile.TemporaryDirectory() as folder:
@@ -347,9 +367,10 @@ assert np.abs(got - expected).max() < 1e-4
 del reference, ours
 
 # %% [markdown]
-# The same function to within float32 rounding, on weights neither side chose. (The weights
-# are random, so the outputs themselves mean nothing; the agreement is the result.
-# `tests/test_parity.py` does the same for the UNet, the decoder and the image encoder.)
+# The same function: here the two agree to the last bit (a largest difference of 0), on
+# weights neither side chose. (The weights are random, so the outputs themselves mean nothing;
+# the agreement is the result. `tests/test_parity.py` does the same for the UNet, the decoder
+# and the image encoder.)
 #
 # ## Predict, then run
 #
@@ -367,8 +388,11 @@ print(f"2. position 40: {np.abs(a[40] - c[40]).max():.3g}")
 print(f"3. spread of the empty prompt's positions 2..76: {np.abs(empty[2:] - empty[2]).max():.3g}")
 
 # %% [markdown]
-# (3.) The padding tokens are all the same id, but each sits at a different position and
-# reads a different number of earlier padding tokens, so their vectors differ.
+# (1.) Position 2 reads only `<start> a red`, the same in both prompts: difference 0.
+# Position 3 ("circle" or "square") differs. (2.) The padding positions read the whole
+# prompt before them, so "red" and "blue" change them too. (3.) The padding tokens are all
+# the same id, but each sits at a different position and reads a different number of earlier
+# padding tokens, so their vectors differ.
 #
 # ## Exercises
 #
