@@ -1,14 +1,11 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
-#   kernelspec:
-#     display_name: Python 3 (ipykernel)
-#     language: python
-#     name: python3
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 # ---
 
 # %% [markdown]
@@ -40,7 +37,8 @@
 # channels as pictures, reconstructions, and a walk through latent space.
 
 # %%
-# ~20 s, ~1 GB on a 2-core CPU: imports Keras/TensorFlow and builds the tiny track's models
+# ~25 s, ~1 GB on a 2-core CPU: imports Keras/TensorFlow and builds the tiny track's models
+import logging
 import time
 
 import keras
@@ -53,6 +51,7 @@ from sdlearn.course import load_pipeline, show_images, show_source
 from sdlearn.shapes import Scene, make_dataset, render
 from sdlearn.vae import Decoder, ImageEncoder, LatentMean, VAEAttention
 
+logging.getLogger("tensorflow").setLevel(logging.ERROR)  # no notes on retracing per batch size
 sd = load_pipeline(jit_compile=False)  # XLA compiling costs more than it saves for a few calls
 vae_config = sd.config.vae
 decoder, encoder = sd.decoder, sd.image_encoder  # the encoder is built on first use
@@ -109,7 +108,7 @@ show_source(LatentMean)
 # models symbolically: shapes only, no arithmetic).
 
 # %%
-# ~20 s, ~1 GB on a 2-core CPU: builds the SD v1 decoder and encoder (random weights)
+# ~15 s, ~1 GB on a 2-core CPU: builds the SD v1 decoder and encoder (random weights)
 start = time.perf_counter()
 keras.utils.set_random_seed(0)
 sd_decoder, sd_encoder = Decoder(SD_V1.vae), ImageEncoder(SD_V1.vae)
@@ -170,7 +169,8 @@ ax.axvline(offset, color="gray", ls=":", lw=1)
 ax.annotate("latent 64x64x4\n16,384 numbers", (offset, decoder_sizes[0]),
             xytext=(offset - 9, 2e5), arrowprops=dict(arrowstyle="->"), fontsize=8)
 ax.set_yscale("log")
-ax.set_title("SD v1's VAE at 512 px: numbers in each layer's output")
+ax.set_title("SD v1's VAE at 512 px (random weights: shapes only): numbers in each "
+             "layer's output", fontsize=10)
 ax.set_xlabel("layer (encoder, then decoder)")
 ax.set_ylabel("h * w * c (log scale)")
 ax.legend()
@@ -182,10 +182,11 @@ plt.show()
 # KerasCV's `Decoder` and `ImageEncoder` are built with random weights and saved to legacy
 # Keras `.h5` files, the format of the published `kcv_decoder.h5` and `vae_encoder.h5`. sdlearn's
 # full-size models load those files with their own loader (layer by layer, in order), and both
-# sides decode the same latent and encode the same image at 128 px:
+# sides decode the same latent and encode the same image at 64 px (the arithmetic is the same
+# at any size; small inputs keep the cell fast):
 
 # %%
-# ~40 s, ~1.5 GB on a 2-core CPU: builds KerasCV's decoder and encoder, writes and reads .h5
+# ~15 s, ~1.5 GB on a 2-core CPU: builds KerasCV's decoder and encoder, writes and reads .h5
 import tempfile
 import warnings
 from pathlib import Path
@@ -199,11 +200,11 @@ from keras_cv.src.models.stable_diffusion.image_encoder import ImageEncoder as K
 
 start = time.perf_counter()
 rng = np.random.default_rng(0)
-latent = rng.standard_normal((1, 16, 16, 4)).astype("float32")
-image = rng.uniform(-1, 1, (1, 128, 128, 3)).astype("float32")
+latent = rng.standard_normal((1, 8, 8, 4)).astype("float32")
+image = rng.uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
 with tempfile.TemporaryDirectory() as folder:
     for name, reference, ours, x in [
-            ("decoder", KerasCVDecoder(128, 128, download_weights=False), sd_decoder, latent),
+            ("decoder", KerasCVDecoder(64, 64, download_weights=False), sd_decoder, latent),
             ("image encoder", KerasCVEncoder(download_weights=False), sd_encoder, image)]:
         path = Path(folder) / f"{name.replace(' ', '_')}.h5"
         with h5py.File(path, "w") as f:  # what KerasCV's published files are
@@ -262,6 +263,10 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
+# The scale does its job: the scaled latents have a standard deviation of 1.01. They are not
+# Gaussian, though: a sharp peak near 0 and broad shoulders, and the channels differ (standard
+# deviations from 0.68 to 1.4). The noise schedule only needs the overall size to match.
+#
 # ## 4. What a latent looks like
 #
 # A latent is still a picture, 8 times smaller, with 4 channels that are not colours. One
@@ -292,9 +297,11 @@ fig.suptitle(f"Images and their {example_latents.shape[1]}x{example_latents.shap
 plt.show()
 
 # %% [markdown]
-# The channels keep the layout: the shape sits where it sits in the image, one latent pixel
-# per $8\times8$ block. Colour and background are coded as *combinations* of channel values,
-# which is why the latent looks like a strange false-colour thumbnail.
+# The channels keep the layout: the blue square and the yellow triangle sit where they sit in
+# the image, one latent pixel per $8\times8$ block (the red circle on black is fainter, mostly
+# in channel 2). The background sets the level of the whole map: channel 0 is positive all
+# over for black, negative for white, near 0 for gray. Colours are coded as *combinations* of
+# channel values, which is why a latent looks like a strange false-colour thumbnail.
 #
 # ## 5. Reconstructions
 #
@@ -313,6 +320,11 @@ show_images(np.concatenate([originals, reconstructed]),
             columns=8, size=1.4)
 
 # %% [markdown]
+# Shapes, colours and positions survive the round trip through 256 numbers (mean error 5.6 of
+# 255 levels). What is lost: sharp edges (everything is slightly blurred, the square's corners
+# rounded), and on gray backgrounds faint coloured ripples appear around the shape (images 1,
+# 2 and 5).
+#
 # ## 6. A walk through latent space
 #
 # Two images, two latents $z_a$ and $z_b$. The straight line between them,
@@ -333,7 +345,10 @@ show_images(np.concatenate([walk, pixel_blend]),
 
 # %% [markdown]
 # The ends are reconstructions of the two images. In between, the decoder is asked about
-# latents no image produced, and it answers with its own mixture. A straight line in latent
+# latents no image produced, and it answers with its own mixture: up to $w = 0.29$ the red
+# circle on black, then a muddy, patterned gray-purple texture in which neither scene is
+# clear ($w$ = 0.43 to 0.71), then the blue square on white. The pixel blend, below, fades
+# one image into the other instead. A straight line in latent
 # space is not a path of valid scenes: for that, the diffusion model must take part
 # (chapter 7 interpolates the *noise* and the *prompt* instead).
 #
@@ -368,10 +383,13 @@ print("latent", (1, latents.shape[1], 2 * latents.shape[2], 4), "-> image", wide
 show_images(wide, ["two latents side by side, decoded"], suptitle=sd.weights_source, size=3)
 
 # %% [markdown]
-# Zeros are the mean latent: a grayish average of everything. Noise decodes to a texture, not
-# to a scene: the decoder alone cannot invent structure, the UNet's 50 steps do that. And a
-# wide latent gives a wide image, each half decoding its own picture (with a seam where the
-# attention and $3\times3$ convolutions mix them).
+# Zeros are the mean latent: a flat gray, an average of everything. Noise decodes to orange and
+# purple blotches, not to a scene: the decoder alone cannot invent structure, the UNet's steps
+# do that. And a wide latent gives a wide image (64x128 px), each half still showing its own
+# layout (a faint circle on the left, the square on the right), but with the **colours
+# wrong**: dark red instead of black, purple instead of white. The decoder's GroupNorm layers
+# normalise each channel group over the *whole* map, so each half is normalised with
+# statistics that include the other half's very different background.
 #
 # ## Exercises
 #
