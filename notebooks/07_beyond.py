@@ -25,8 +25,9 @@
 # default; with `SDLEARN_TRACK=sd-v1` every cell works the same but takes minutes per image).
 
 # %%
-# ~15 s and ~1 GB on a 2-core CPU (importing TensorFlow, building the models)
+# ~25 s and ~1 GB on a 2-core CPU (importing TensorFlow, building the models)
 import io
+import logging
 import tempfile
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from sdlearn import sampler, shapes
 from sdlearn.course import load_pipeline, show_images, show_source
 from sdlearn.pipeline import StableDiffusion
 
+logging.getLogger("tensorflow").setLevel(logging.ERROR)  # no notes on retracing per batch size
 sd = load_pipeline(jit_compile=False)  # XLA compiling costs more than it saves here
 STEPS = 25  # DDIM steps throughout this chapter
 latent_side = sd.config.image_size // 8
@@ -103,7 +105,7 @@ print(f"mean |round trip - input| = {np.abs(round_trip[0].astype(int) - image).m
 # everything. Same seed everywhere, so the noise is the same in every picture.
 
 # %%
-# ~10 s on a 2-core CPU (12 images, 150 UNet calls)
+# ~20 s on a 2-core CPU (12 images, 150 UNet calls)
 prompts = ("a large blue circle in the top left on a white background",
            "a small green triangle in the bottom right on a black background")
 strip, titles = [], []
@@ -116,10 +118,16 @@ show_images(np.stack(strip), titles, columns=len(strengths), size=1.7,
             suptitle=f"Image-to-image from '{shapes.caption(scene)}'\ntowards '{prompts[0]}' "
                      f"(top)\nand towards '{prompts[1]}' (bottom)")
 
+
 # %% [markdown]
-# Low strength keeps the input: there is little noise to remove and few steps to change it.
-# The colour, a global property the UNet settles early, flips at a lower strength than the
-# position and shape, which are locked in by the large-scale structure of the noisy latent.
+# Strength 0 returns the round trip through the autoencoder. What changes first depends on the
+# prompt. Towards the blue circle (same shape and place), the colour flips already at strength
+# 0.2 and the circle stays where it was up to 1.0. Towards the small green triangle in the
+# bottom right on black, the *shape* goes first: at 0.2 and 0.4 the model draws a red
+# triangle in the top left, on the input's white background; at 0.6 it is caught between the
+# two (a muddy picture); from 0.8 on the input is forgotten and the prompt wins entirely.
+# Position and background are carried by the large-scale structure of the noisy latent, so
+# they need the most noise, and the most steps, to change.
 
 # %% [markdown]
 # ## 2. Prompt interpolation
@@ -164,12 +172,12 @@ FRAMES = 8
 
 def generate(contexts, noises):
     """Images (N, H, W, 3) for contexts (N, 77, D) and starting noises (N, h, w, 4),
-    sampled FRAMES at a time with DDIM and guidance 7.5."""
+    sampled FRAMES at a time with DDIM and the track's guidance scale (5 for tiny)."""
     images = []
     for i in range(0, len(contexts), FRAMES):
         latents = sampler.sample(sd.unet_call, noises[i:i + FRAMES],
                                  np.asarray(contexts[i:i + FRAMES], "float32"), unconditional,
-                                 num_steps=STEPS, guidance_scale=7.5)
+                                 num_steps=STEPS, guidance_scale=sd.config.guidance_scale)
         images.append(sd.decode(latents))
     return np.concatenate(images)
 
@@ -184,13 +192,13 @@ for name, mix in (("lerp", lerp), ("slerp", slerp)):
     print(f"{name:5}: |c(w)| / |c_a| from w = 0 to 1:", np.round(norms, 3))
 
 # %% [markdown]
-# Two prompts' contexts point in almost the same direction: they share the start token, most
-# words and the padding, which CLIP encodes nearly alike. At so small an angle linear and
-# spherical interpolation differ by less than a percent, so for prompts either will do. Here
+# The tiny model's two contexts are 77 degrees apart: its small text encoder (chapter 2) gives
+# different prompts quite different vectors. So the linear path cuts well inside the sphere:
+# halfway, the context is only 0.79 as long as either end, while slerp keeps the length. Here
 # is the walk from one prompt to the other, from the same starting noise:
 
 # %%
-# ~8 s on a 2-core CPU (16 images, 50 UNet calls of batch 16)
+# ~15 s on a 2-core CPU (16 images, 50 UNet calls of batch 16; the first traces the UNet)
 noise = np.random.default_rng(1).standard_normal((1, latent_side, latent_side, 4))
 noises = np.repeat(noise, FRAMES, axis=0).astype("float32")  # the same noise for every frame
 prompt_walk = {name: generate(np.stack([mix(c_a, c_b, w) for w in weights]), noises)
@@ -204,6 +212,11 @@ show_images(np.concatenate([prompt_walk["lerp"], prompt_walk["slerp"]]),
                      "interpolation of the contexts", columns=FRAMES, size=1.4)
 
 # %% [markdown]
+# Both walks change the colour gradually (red, purple, blue) but not the place smoothly: the
+# shape takes a detour through the bottom left, then jumps to the bottom right. The two paths
+# differ in the middle (lerp's purple square stays in the bottom left at $w = 0.43$, slerp's is
+# in the center), by up to 217 of 255 levels in some pixel; both end at the same blue square.
+#
 # ## 3. Noise interpolation
 #
 # Two seeds give two starting noises $\epsilon_a, \epsilon_b \sim \mathcal N(0, I)$ with
@@ -242,11 +255,14 @@ show_images(np.concatenate([noise_walk["lerp"], noise_walk["slerp"]]),
 for name, images in noise_walk.items():
     print(f"{name:5} pixel std per frame:", [round(float(im.std()), 1) for im in images])
 
+
 # %% [markdown]
-# The linear walk's middle frames start from noise that is too weak. The sampler removes as
-# much noise as it expects at each level, so it over-smooths: the middle pictures lose
-# contrast and detail (their pixel standard deviation drops), while slerp's frames all look
-# like ordinary samples.
+# (The tiny model draws this "circle on a black background" as a green *square*; chapter 5 saw
+# the same.) The linear walk's middle frames start from noise that is too weak, and the
+# sampler, a deterministic map from the starting noise, takes them somewhere else: at
+# $w$ = 0.57 to 0.86 the lerp frames jump to a red square in the top left (their pixel standard
+# deviation jumps from 32 to 43), a picture neither end shows. The slerp frames stay ordinary
+# samples along the way: the green square slides a little and comes back.
 
 # %% [markdown]
 # ## 4. Latent walks as GIFs
@@ -312,6 +328,12 @@ display(ShowImage(data=(out_dir / "prompt_loop.gif").read_bytes(), format="gif")
 show_strip(prompt_loop, labels, "Prompt loop: 'a red circle in the <corner> on a white "
                                 "background', 4 frames per edge")
 
+# %% [markdown]
+# The circle goes round the four corners, but it **jumps** rather than slides: the in-between
+# contexts give one corner or the next (on the first edge the switch comes between +0.25 and
+# +0.50), never a position in between. The tiny model learned five positions, not a continuous
+# coordinate.
+
 # %%
 # ~10 s on a 2-core CPU (16 frames, 50 UNet calls of batch 16)
 phis = np.linspace(0, 2 * np.pi, 16, endpoint=False)
@@ -329,6 +351,11 @@ display(ShowImage(data=(out_dir / "noise_loop.gif").read_bytes(), format="gif"))
 # %%
 show_strip(noise_loop, [f"phi={np.degrees(p):.0f} deg" for p in phis],
            f"Noise loop: '{prompt}', cos(phi) noise_a + sin(phi) noise_b")
+
+# %% [markdown]
+# The noise loop passes through a few different samples (a green square in the center, a red
+# square from 112 to 180 degrees, green squares in other places) and closes: the last frame
+# leads back to the first.
 
 # %% [markdown]
 # To keep the GIFs, copy them out of the temporary folder (`out_dir`) or save them straight to
@@ -371,6 +398,10 @@ halfway = generate(np.repeat(lerp(c_red, c_blue, 0.5)[None], FRAMES, axis=0),
                    np.random.default_rng(5).standard_normal(
                        (FRAMES, latent_side, latent_side, 4)).astype("float32"))
 print("the halfway context, 8 seeds:", [shapes.analyse(im).colour for im in halfway])
+
+# %% [markdown]
+# All eight read as purple: halfway between "red" and "blue" in context space, the tiny model
+# draws the colour that lies between them, one it knows from its own captions.
 
 # %% [markdown]
 # ## Exercises
