@@ -229,9 +229,10 @@ print("x_prev == add_noise(x_0, eps, alpha_t'):",
 #    + s\,\big(\epsilon_\theta(x_t, t, c) - \epsilon_\theta(x_t, t, \varnothing)\big).$$
 #
 # $s = 1$ is the conditional prediction, $s = 0$ ignores the prompt, and $s > 1$ exaggerates
-# whatever the prompt changes: SD's default is 7.5; the tiny track's is 5 (`sd.config.guidance_scale`),
-# which measured better on its shapes (at 7.5 its colours start to saturate). Both predictions come from one UNet call on a batch
-# of $2B$, rows `[unconditional; conditional]`; KerasCV makes two calls of batch $B$ instead.
+# whatever the prompt changes: SD's default is 7.5; the tiny track's is 5
+# (`sd.config.guidance_scale`), which measured better on its shapes (at 7.5 its colours start
+# to saturate). Both predictions come from one UNet call on a batch of $2B$, rows
+# `[unconditional; conditional]`; KerasCV makes two calls of batch $B$ instead.
 # The sampler skips the unconditional half when $s = 1$.
 
 # %%
