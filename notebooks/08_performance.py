@@ -1,0 +1,807 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+# ---
+
+# %% [markdown]
+# # 8. Performance: where the time goes, and how to spend less of it
+#
+# Chapters 0 to 7 chose the readable way every time. This chapter measures what that costs
+# and what can be won back. sdlearn has five **fast paths**, each one switch; each computes
+# the same Stable Diffusion, and for each we (1) say what it does and why it should help,
+# with the arithmetic, (2) show the code, (3) check with a number that it computes what the
+# plain float32 path computes, and (4) time it.
+#
+# | fast path | switch |
+# |---|---|
+# | XLA: each model compiled into one fused program | `StableDiffusion(jit_compile=True)` (the default) |
+# | guidance as ONE UNet call of batch $2B$ | `batched_guidance=True` (the default); `False` is KerasCV's two calls of $B$ |
+# | the whole sampling loop as one program | `compiled_loop=True` |
+# | half precision | `dtype_policy="mixed_bfloat16"` or `"mixed_float16"` |
+# | a fused attention kernel | `sdlearn.layers.FUSED_ATTENTION = True` |
+#
+# The demonstrations run the **tiny** model's architecture with **random weights**: speed and
+# agreement do not depend on what the weights have learned, and nothing here is a picture.
+# The full-size measurements (Stable Diffusion v1 at 256 and 512 px, sdlearn against KerasCV)
+# take minutes per call on this course's 2-core CPU; they live in `benchmarks/`, and section 8
+# reads them from there.
+#
+# A warning that applies to every time in this chapter: times depend on the machine and on
+# what else runs on it. The cells that print times are not compared when the notebook is
+# tested; the cells that print agreement are.
+
+# %%
+# ~10 s and ~700 MB on a 2-core CPU: importing TensorFlow
+import collections
+import importlib.util
+import os
+import re
+import textwrap
+import time
+from pathlib import Path
+
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+from keras import ops
+
+from sdlearn import fast, layers, sampler
+from sdlearn.config import SD_V1, TINY
+from sdlearn.course import show_source
+from sdlearn.pipeline import StableDiffusion
+from sdlearn.unet import UNet
+
+ROOT = Path(fast.__file__).resolve().parents[1]  # the repository: benchmarks/ lives there
+print(f"Keras {keras.__version__}, backend {keras.backend.backend()}")
+
+# %% [markdown]
+# The module `sdlearn.fast` holds the fast paths that are not a single flag elsewhere, and its
+# docstring is the map of this chapter:
+
+# %%
+print(fast.__doc__)
+
+
+# %% [markdown]
+# ## 1. Where the time goes: counting FLOPs
+#
+# Before timing anything, count the work. Almost all of Stable Diffusion's arithmetic is in
+# layers that multiply matrices, and each multiply-add is counted as 2 floating-point
+# operations (FLOPs):
+#
+# - a convolution with a $k \times k$ kernel from $C_\text{in}$ to $C_\text{out}$ channels on
+#   an $H \times W$ map computes $H W C_\text{out}$ outputs, each a dot product of length
+#   $k^2 C_\text{in}$: $\;2\,H W k^2 C_\text{in} C_\text{out}$ FLOPs;
+# - a dense layer on $T$ tokens: $\;2\,T\,C_\text{in} C_\text{out}$;
+# - attention of $T_q$ queries over $T_k$ keys, $h$ heads of size $d$ (width $C = h d$):
+#   the scores $QK^\top$ and the weighted sum of the values each cost $2\,T_q T_k C$, so
+#   $\;4\,T_q T_k C$. Self-attention over the pixels of an $s \times s$ map has
+#   $T_q = T_k = s^2$: its cost grows with $s^4$.
+#
+# Normalisations, activations and additions are a few FLOPs per value, a rounding error next
+# to these. Here is a counter that walks the UNet's structure (the loops of
+# `sdlearn.unet.UNet`, the blocks of `ResBlock` and `SpatialTransformer`) and applies the
+# three formulas. It reads only the configuration, so it can count the full-size model without
+# building it.
+
+# %%
+def unet_flops(c, side, context_tokens=77):
+    """FLOPs of one UNet call on ONE image with a (side x side) latent, by (level side, kind)."""
+    flops = collections.Counter()
+
+    def conv(s, k, c_in, c_out):  # 2 H W k^2 C_in C_out
+        flops[s, "convolutions"] += 2 * s * s * k * k * c_in * c_out
+
+    def dense(s, tokens, c_in, c_out):  # 2 T C_in C_out
+        flops[s, "dense layers"] += 2 * tokens * c_in * c_out
+
+    def attention(s, t_q, t_k, width):  # q k^T and weights @ v, all heads: 2 x 2 T_q T_k C
+        flops[s, "attention matmuls"] += 4 * t_q * t_k * width
+
+    def res_block(s, c_in, c_out):
+        conv(s, 3, c_in, c_out)
+        dense(s, 1, c.time_embedding_dim, c_out)  # the timestep's projection
+        conv(s, 3, c_out, c_out)
+        if c_in != c_out:
+            conv(s, 1, c_in, c_out)  # the skip's 1x1 convolution
+
+    def transformer(s, width):
+        pixels = s * s
+        conv(s, 1, width, width)  # proj_in
+        dense(s, pixels, width, 3 * width)  # self-attention: q, k, v from the pixels
+        attention(s, pixels, pixels, width)
+        dense(s, pixels, width, width)  # its output projection
+        dense(s, pixels, width, width)  # cross-attention: q from the pixels...
+        dense(s, context_tokens, c.context_dim, 2 * width)  # ...k, v from the 77 text tokens
+        attention(s, pixels, context_tokens, width)
+        dense(s, pixels, width, width)
+        dense(s, pixels, width, 8 * width)  # GEGLU: value and gate, 4C each
+        dense(s, pixels, 4 * width, width)
+        conv(s, 1, width, width)  # proj_out
+
+    dense(side, 1, c.channels[0], c.time_embedding_dim)  # timestep MLP
+    dense(side, 1, c.time_embedding_dim, c.time_embedding_dim)
+    s, width = side, c.channels[0]
+    conv(s, 3, c.latent_channels, width)
+    skips = [width]
+    for level, (channels, has_attention) in enumerate(zip(c.channels, c.attention)):
+        for _ in range(c.res_blocks):
+            res_block(s, width, channels)
+            width = channels
+            if has_attention:
+                transformer(s, width)
+            skips.append(width)
+        if level < len(c.channels) - 1:
+            s //= 2
+            conv(s, 3, width, width)  # stride-2 downsampling: outputs at the new size
+            skips.append(width)
+    res_block(s, width, width)
+    transformer(s, width)
+    res_block(s, width, width)
+    for level in reversed(range(len(c.channels))):
+        channels, has_attention = c.channels[level], c.attention[level]
+        for _ in range(c.res_blocks + 1):
+            res_block(s, width + skips.pop(), channels)  # concatenated skip
+            width = channels
+            if has_attention:
+                transformer(s, width)
+        if level > 0:
+            s *= 2
+            conv(s, 3, width, width)  # nearest upsampling, then a conv at the new size
+    conv(s, 3, width, c.latent_channels)
+    return flops
+
+
+# %% [markdown]
+# Does it count what others count? `benchmarks/benchmark.py` carries the counts that PyTorch's
+# FLOP counter made on the same architecture (diffusers' UNet); we load them from there.
+
+# %%
+spec = importlib.util.spec_from_file_location("benchmark", ROOT / "benchmarks" / "benchmark.py")
+benchmark = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark)  # only its constants: it measures nothing on import
+
+for side in (64, 32):
+    ours = sum(unet_flops(SD_V1.unet, side).values())
+    theirs = benchmark.UNET_FLOP[side]
+    print(f"SD v1 UNet, {8 * side} px ({side}x{side} latent): our count {ours / 1e12:.4f} TFLOP, "
+          f"PyTorch's counter {theirs / 1e12:.3f} TFLOP (difference {ours / theirs - 1:+.1%})")
+tiny_flops = sum(unet_flops(TINY.unet, 8).values())
+print(f"tiny UNet, 64 px (8x8 latent): {tiny_flops / 1e6:.1f} MFLOP per image, "
+      f"{benchmark.UNET_FLOP[64] / tiny_flops:,.0f}x less")
+
+# %% [markdown]
+# The same to three digits. Where does a 512 px call spend its 0.8 TFLOP?
+
+# %%
+counts = unet_flops(SD_V1.unet, 64)
+kinds = ["convolutions", "dense layers", "attention matmuls"]
+sides = [64, 32, 16, 8]
+fig, ax = plt.subplots(figsize=(7, 3))
+left = np.zeros(len(sides))
+for kind in kinds:
+    values = np.array([counts[s, kind] / 1e9 for s in sides])
+    ax.barh([f"{s}x{s}" for s in sides], values, left=left, label=kind)
+    left += values
+ax.set_title("One SD v1 UNet call at 512 px: GFLOP by level and kind")
+ax.set_xlabel("GFLOP")
+ax.set_ylabel("latent resolution of the level")
+ax.invert_yaxis()
+ax.legend(fontsize=8)
+plt.show()
+for kind in kinds:
+    total = sum(counts[s, kind] for s in sides)
+    print(f"{kind:>18}: {total / 1e9:6.1f} GFLOP ({total / sum(counts.values()):.0%})")
+print(f"attention matmuls at the 64x64 level: {counts[64, 'attention matmuls'] / 1e9:.1f} GFLOP")
+
+# %% [markdown]
+# Convolutions take more than half; the attention matmuls about a sixth, most of it at the
+# 64x64 level, where each of 4096 pixels attends to all 4096.
+#
+# ### The cost of one image, and the floor it sets
+#
+# With classifier-free guidance (chapter 5) every step needs the UNet's prediction with the
+# prompt *and* without it, two passes of 0.803 TFLOP; the decoder runs once; the text encoder
+# twice (prompt and empty prompt). For $n$ steps:
+#
+# $$\text{FLOP}_\text{image} = 2 n\,F_\text{UNet} + F_\text{decoder} + 2 F_\text{text}
+#   = 2 \cdot 50 \cdot 0.803 + 2.51 + 0.026 \approx 82.9 \text{ TFLOP} \quad (n = 50).$$
+#
+# Dividing by what the hardware can do gives a **floor**: no implementation can be faster.
+# The rate of a large float32 matrix multiply is the practical ceiling of a CPU (the project's
+# measurements on this course's CPU when idle: about 135 GFLOP/s); an H100's dense bfloat16
+# tensor cores peak at 989 TFLOP/s.
+
+# %%
+steps = 50
+image_flop = (2 * steps * benchmark.UNET_FLOP[64] + benchmark.DECODER_FLOP[512]
+              + 2 * benchmark.TEXT_FLOP)
+print(f"one 512 px image, {steps} guided steps: {image_flop / 1e12:.1f} TFLOP, "
+      f"{2 * steps * benchmark.UNET_FLOP[64] / image_flop:.0%} of it in the UNet")
+for hardware, peak in [("2-core CPU, float32 matmul rate ~135 GFLOP/s", 135e9),
+                       ("H100, dense bfloat16 peak 989 TFLOP/s", 989e12)]:
+    seconds = image_flop / peak
+    print(f"  floor on {hardware}: {seconds:,.3g} s" + (f" = {seconds / 60:.0f} min"
+                                                      if seconds > 60 else ""))
+
+
+# %% [markdown]
+# Ten minutes per image is the CPU's floor: at full size the CPU has little to give beyond
+# keeping its multiply units busy. The tiny model costs 57 MFLOP per image and call, so 50
+# guided steps are 6 GFLOP, a twentieth of a second of arithmetic. As we will see, its time
+# goes almost entirely *between* the multiplies.
+#
+# ## 2. A stopwatch, and this CPU's ceiling
+#
+# A helper times a function: one call first (which may compile), then the best of a few
+# calls. The best, not the mean: on a shared machine the slow calls measure the neighbours.
+# `ops.convert_to_numpy` waits for the result, so we time the work and not just its launch.
+# Agreement is printed as a bound, the power of ten just above the largest difference, so the
+# printed text is the same on every run.
+
+# %%
+def best_time(f, repeats=5):
+    """(seconds of the first call, best seconds of ``repeats`` more calls) of f()."""
+    start = time.perf_counter()
+    f()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return first, min(times)
+
+
+def matmul_rate(dtype="float32", n=1024, repeats=5):
+    """FLOP/s of an (n, n) x (n, n) matrix product in ``dtype``: 2 n^3 FLOP."""
+    a, b = (ops.cast(keras.random.normal((n, n), seed=i), dtype) for i in (1, 2))
+
+    def product():  # fetching one value waits for the whole product; numpy has no bfloat16
+        return ops.convert_to_numpy(ops.cast(ops.matmul(a, b)[0, 0], "float32"))
+
+    _, best = best_time(product, repeats)
+    return 2 * n**3 / best
+
+
+def at_most(difference):
+    """A reproducible bound on a max |difference|: the power of ten just above it."""
+    bound = 10.0 ** np.ceil(np.log10(max(float(difference), 1e-12)))
+    return f"<= {max(bound, 1e-8):.0e}"
+
+
+# %% tags=["nbval-ignore-output"]
+rate = matmul_rate()
+print(f"float32 matmul, 1024 x 1024: {rate / 1e9:.0f} GFLOP/s on this machine "
+      f"({os.cpu_count()} CPU cores), now")
+
+# %% [markdown]
+# ## 3. XLA: compile the whole model into one program
+#
+# Keras can run a model three ways on the TensorFlow backend:
+#
+# - **eager**: Python calls each operation in turn; each is dispatched on its own and writes
+#   its result to memory before the next one starts. Calling the model, `unet(inputs)`, does
+#   this.
+# - **graph** (`compile(jit_compile=False)`, then `predict_on_batch`): the model is traced
+#   once into a TensorFlow graph that a C++ runtime executes, still op by op, but without
+#   Python in between.
+# - **XLA** (`jit_compile=True`, sdlearn's default): the graph is compiled by XLA into one
+#   program. The convolutions and matrix multiplies stay calls into tuned libraries, but
+#   chains of cheap operations between them, such as GroupNorm's scale and shift, then swish,
+#   then adding the timestep's projection, become ONE loop over the activations instead of
+#   one pass over memory each; constant work is folded away; buffers are reused.
+#
+# Why fusion matters: at SD's first level a batch-2 activation is
+# $2 \times 64 \times 64 \times 320$ float32 values, 10.5 MB. Five elementwise operations in
+# a row read and write it five times each (105 MB of traffic); fused, it is read once and
+# written once (21 MB). The FLOPs do not change; the traffic and the per-operation overhead do.
+# `StableDiffusion` compiles each of its models this way:
+
+# %%
+show_source(StableDiffusion.__init__)
+
+# %% [markdown]
+# We build the tiny model's UNet with random weights and give it a batch of 2 (the guided
+# batch of one image): random latents, two timesteps, random "text" contexts.
+
+# %%
+# ~3 s on a 2-core CPU: building the UNet (random weights)
+keras.utils.set_random_seed(0)
+unet = UNet(TINY.unet)
+rng = np.random.default_rng(0)
+side = TINY.image_size // 8  # 8x8 latents
+inputs = [rng.standard_normal((2, side, side, 4)).astype("float32"),
+          np.array([999.0, 500.0], "float32"),
+          rng.standard_normal((2, 77, TINY.unet.context_dim)).astype("float32")]
+print(f"tiny UNet, random weights: {unet.count_params():,} parameters; a call of batch 2 is "
+      f"{2 * tiny_flops / 1e6:.0f} MFLOP")
+
+# %% [markdown]
+# **Predict, then run.** At the matmul rate you measured above, how long *should* one call of
+# 114 MFLOP take? Write it down, then run the next two cells.
+#
+# First, agreement: the graph and the XLA program must compute what the eager model computes.
+
+# %%
+# 20-35 s on a 2-core CPU: a second UNet with the same weights as a graph; XLA (batch 2)
+eager = ops.convert_to_numpy(unet(inputs))
+graph_unet = UNet(TINY.unet)
+graph_unet.set_weights(unet.get_weights())
+graph_unet.compile(jit_compile=False)
+start = time.perf_counter()
+graph = graph_unet.predict_on_batch(inputs)
+graph_first = time.perf_counter() - start
+unet.compile(jit_compile=True)
+start = time.perf_counter()
+xla = unet.predict_on_batch(inputs)
+xla_first = time.perf_counter() - start
+print(f"output {eager.shape}, standard deviation {eager.std():.2f}")
+print(f"max |graph - eager| {at_most(np.abs(graph - eager).max())}")
+print(f"max |XLA - eager|   {at_most(np.abs(xla - eager).max())}")
+
+# %% [markdown]
+# Agreement to float32 rounding: XLA reorders and fuses sums, which moves the last bits, no
+# more. Now the times.
+
+# %% tags=["nbval-ignore-output"]
+# ~10 s on a 2-core CPU
+_, eager_s = best_time(lambda: ops.convert_to_numpy(unet(inputs)), repeats=3)
+_, graph_s = best_time(lambda: graph_unet.predict_on_batch(inputs), repeats=10)
+_, xla_s = best_time(lambda: unet.predict_on_batch(inputs), repeats=10)
+mode_times = {"eager": eager_s, "graph": graph_s, "XLA": xla_s}
+print(f"first call (trace or compile): graph {graph_first:.1f} s, XLA {xla_first:.1f} s")
+for mode, seconds in mode_times.items():
+    print(f"{mode:>6}: {seconds * 1e3:7.1f} ms per call, {2 * tiny_flops / seconds / 1e9:5.2f} "
+          f"GFLOP/s = {2 * tiny_flops / seconds / rate:.1%} of the matmul rate")
+print(f"the arithmetic alone at the matmul rate: {2 * tiny_flops / rate * 1e3:.1f} ms")
+
+# %% [markdown]
+# For the tiny model, the arithmetic is a few milliseconds at most; the rest is overhead. Eager
+# pays for every one of the few hundred operations from Python; the graph removes Python,
+# XLA also removes most of the separate operations. The first XLA call pays for compiling
+# (seconds), so XLA wins only when a model is called many times at the same shapes, which a
+# sampling loop does. At full size it is the other way round: a 512 px call is 0.8 TFLOP, six
+# seconds of arithmetic on this CPU, and the same overhead is a few percent (section 8).
+#
+# ## 4. Guidance: one call of $2B$, not two calls of $B$
+#
+# Classifier-free guidance needs $\epsilon_\theta(x_t, t, c)$ and
+# $\epsilon_\theta(x_t, t, \varnothing)$. KerasCV calls the UNet twice with batch $B$;
+# `sampler.guided_noise` stacks the two into one batch of $2B$:
+
+# %%
+show_source(sampler.guided_noise)
+
+# %% [markdown]
+# The arithmetic is identical: $2B$ images through the UNet either way. What differs is what
+# each call costs besides arithmetic. Model a call of batch $B$ as
+#
+# $$t(B) \approx t_0 + B\,\frac{F}{R},$$
+#
+# a fixed cost $t_0$ (launching the program, every layer's kernels, moving inputs and
+# outputs) plus the FLOPs $F$ per image at rate $R$. Two calls cost $2t_0 + 2BF/R$, one call
+# of $2B$ costs $t_0 + 2BF/R$: batching saves $t_0$ per step. On a GPU there is a second gain:
+# a batch of 1 at 256 px cannot keep thousands of cores busy, so $R$ itself grows with the
+# batch. To measure KerasCV's way with the same code, `sdlearn.fast` splits the stacked
+# batch back into two calls:
+
+# %%
+show_source(fast.guidance_in_two_calls)
+
+# %%
+# 15-30 s on a 2-core CPU: XLA compiles the UNet again, for batch 1
+latent = inputs[0][:1]
+context, unconditional = inputs[2][:1], inputs[2][1:]  # random stand-ins for two prompts
+one_call = sampler.guided_noise(unet.predict_on_batch, latent, 500, context, unconditional, 7.5)
+two_calls = sampler.guided_noise(fast.guidance_in_two_calls(unet.predict_on_batch), latent,
+                                 500, context, unconditional, 7.5)
+print(f"guided eps {tuple(one_call.shape)}, scale 7.5: "
+      f"max |two calls - one call| {at_most(np.abs(two_calls - one_call).max())}")
+
+# %% tags=["nbval-ignore-output"]
+guidance_times = {
+    "one call of 2": best_time(lambda: ops.convert_to_numpy(sampler.guided_noise(
+        unet.predict_on_batch, latent, 500, context, unconditional, 7.5)), 10)[1],
+    "two calls of 1": best_time(lambda: ops.convert_to_numpy(sampler.guided_noise(
+        fast.guidance_in_two_calls(unet.predict_on_batch), latent, 500, context,
+        unconditional, 7.5)), 10)[1]}
+for name, seconds in guidance_times.items():
+    print(f"{name:>15}: {seconds * 1e3:.1f} ms per guided prediction")
+saved = 1 - guidance_times["one call of 2"] / guidance_times["two calls of 1"]
+print(f"saved by batching: {saved:.0%}")
+
+# %% [markdown]
+# The same numbers to float32 rounding (a matrix multiply blocks a batch of 2 differently from a
+# batch of 1, and guidance multiplies the difference by up to $2s + 1$). For the tiny model,
+# where $t_0$ is most of a call, batching saved between a quarter and a half in the runs made
+# for this chapter. For SD v1 at 256 px on this CPU the A/B measurement in section 8 found
+# 6%: $t_0$ is small next to 3 seconds of arithmetic.
+#
+# ## 5. The whole loop as one program
+#
+# Even with an XLA-compiled UNet, `sampler.sample` is a Python loop: each step calls the
+# compiled UNet, gets the result back, and runs the guidance and DDIM update
+# ($x_{t_{i+1}} = \sqrt{\bar\alpha_{i+1}}\,\hat x_0 + \sqrt{1-\bar\alpha_{i+1}}\,\epsilon$) as
+# separate small operations. `fast.CompiledDDIM` makes the loop itself an operation,
+# `keras.ops.fori_loop`, over tables of timesteps and noise levels fixed at construction, so
+# XLA compiles all steps into one program. Its body calls the readable path's own
+# `guided_noise` and `ddim_step`:
+
+# %%
+show_source(fast.CompiledDDIM)
+
+# %%
+# 25-45 s on a 2-core CPU: compiling the 10-step loop (once)
+noise = rng.standard_normal((1, side, side, 4)).astype("float32")
+loops = {}  # keeps the compiled loop for the timing below
+python_loop = sampler.sample(unet.predict_on_batch, noise, context, unconditional, 10, 7.5)
+start = time.perf_counter()
+compiled = fast.sample(unet, noise, context, unconditional, 10, 7.5, loops=loops)
+loop_compile_s = time.perf_counter() - start
+print(f"10 guided DDIM steps, latent {tuple(compiled.shape)}: "
+      f"max |compiled loop - Python loop| {at_most(np.abs(compiled - python_loop).max())}")
+
+# %% tags=["nbval-ignore-output"]
+_, python_s = best_time(lambda: ops.convert_to_numpy(sampler.sample(
+    unet.predict_on_batch, noise, context, unconditional, 10, 7.5)), 3)
+_, compiled_s = best_time(lambda: fast.sample(unet, noise, context, unconditional, 10, 7.5,
+                                              loops=loops), 3)
+print(f"compiling the loop: {loop_compile_s:.1f} s (once per num_steps, scale, start step)")
+print(f"Python loop:   {python_s * 1e3:6.1f} ms for 10 steps")
+print(f"compiled loop: {compiled_s * 1e3:6.1f} ms for 10 steps "
+      f"({python_s / compiled_s:.1f}x faster)")
+loop_times = {"Python loop": python_s / 10, "compiled loop": compiled_s / 10}
+
+# %% [markdown]
+# The price: no callback between steps (chapter 5's filmstrips need one), and a new program
+# to compile for each number of steps, guidance scale or start step. For the tiny model the
+# loop's overhead is a large share of each step; at full size on a CPU it is milliseconds
+# between steps of seconds. On a GPU, where a step takes tens of milliseconds and every return
+# to Python stalls the device, it is worth more.
+#
+# ## 6. Half precision: bfloat16 and float16
+#
+# A float32 number has 1 sign bit, 8 exponent bits and 23 stored mantissa bits. The two
+# 16-bit formats split their bits differently:
+#
+# | format | exponent bits | stored mantissa bits | gap above 1.0 | largest finite |
+# |---|---:|---:|---:|---:|
+# | float32 | 8 | 23 | $2^{-23} \approx 1.2\times10^{-7}$ | $3.4\times10^{38}$ |
+# | bfloat16 | 8 | 7 | $2^{-7} \approx 0.0078$ | $3.4\times10^{38}$ |
+# | float16 | 5 | 10 | $2^{-10} \approx 0.00098$ | 65504 |
+#
+# bfloat16 keeps float32's range with 2 to 3 significant digits; float16 keeps 3 digits but
+# overflows above 65504. What half precision buys: half the bytes to move, and on GPUs with
+# tensor cores matrix multiplies an order of magnitude faster (an H100: about 67 TFLOP/s in
+# float32, 989 in bfloat16, dense). What it costs: rounding.
+
+# %%
+values = np.array([1 / 3, 1 + 2**-9, 1000.7, 70000.0, 1e-8], "float32")
+print(f"{'float32':>14} {'bfloat16':>14} {'float16':>14}")
+half = {d: ops.convert_to_numpy(ops.cast(ops.cast(values, d), "float32"))
+        for d in ("bfloat16", "float16")}
+for i, v in enumerate(values):
+    print(f"{v:14.8g} {half['bfloat16'][i]:14.8g} {half['float16'][i]:14.8g}")
+
+# %% [markdown]
+# $1 + 2^{-9}$ falls between two bfloat16 numbers and rounds back to 1; 70000 overflows
+# float16; $10^{-8}$ underflows it. So Keras's **mixed** policies keep the weights in float32
+# (the same `.h5` files load) and compute each layer in 16 bits, and sdlearn's normalisations
+# and attention softmax upcast to float32, since a mean over 4096 pixels or a sum over 4096
+# keys loses too many digits in 16 bits. The policy is chosen when a model is built:
+
+# %%
+show_source(fast.dtype_policy)
+
+# %%
+# ~8 s on a 2-core CPU: two more UNets (random weights, copied from the float32 one), eager calls
+half_error = {}
+for policy in ("mixed_bfloat16", "mixed_float16"):
+    with fast.dtype_policy(policy):
+        half_unet = UNet(TINY.unet)
+    half_unet.set_weights(unet.get_weights())
+    out = ops.convert_to_numpy(ops.cast(half_unet(inputs), "float32"))
+    half_error[policy] = np.abs(out - eager).max() / eager.std()
+    print(f"{policy:>15}: layers compute in {half_unet.layers[-1].compute_dtype}, weights stay "
+          f"{half_unet.layers[-1].kernel.dtype}; max |error| = {half_error[policy]:.1g} of the "
+          "output's standard deviation")
+
+# %% [markdown]
+# A few percent of the output's scale in bfloat16, ten times less in float16: float16 keeps
+# 3 more mantissa bits ($2^3 = 8$), as the format table predicts. `tests/test_fast.py` holds them under 0.1 (bfloat16) and 0.02
+# (float16) of the output's scale; over 50 sampling steps they change the details of a
+# picture, not what it shows.
+#
+# **Predict, then run.** This CPU (AMD Zen 3) has AVX2 and F16C: it can *convert* between
+# float16 and float32 in hardware, but has no instruction that multiplies bfloat16 or float16
+# numbers. Will a half-precision matrix multiply be faster here, as fast, or slower?
+
+# %% tags=["nbval-ignore-output"]
+# ~10 s on a 2-core CPU
+dtype_rates = {d: matmul_rate(d, repeats=3) for d in ("float32", "bfloat16", "float16")}
+for d, r in dtype_rates.items():
+    print(f"{d:>9} matmul 1024 x 1024: {r / 1e9:6.1f} GFLOP/s "
+          f"({r / dtype_rates['float32']:.2f}x float32)")
+
+# %% [markdown]
+# No faster, and usually slower: without half-precision arithmetic the CPU widens every value
+# to float32 and multiplies in float32, so it does float32's work plus the conversions (in the
+# runs made for this chapter, between half and the whole of float32's rate, depending on the
+# load). The half-precision switches exist for the GPU; on a CPU keep float32.
+#
+# ## 7. Fused attention
+#
+# sdlearn's attention writes out what chapter 3 explained: the scores
+# $S = QK^\top/\sqrt d$, a softmax over each row, then $SV$. With
+# `FUSED_ATTENTION = True` it hands the same computation to the backend's kernel instead:
+
+# %%
+show_source(layers.attention)
+
+# %% [markdown]
+# The readable version materialises $S$, a $(B, h, T_q, T_k)$ tensor. At SD's first level
+# that is big:
+
+# %%
+print("SD v1, 512 px, one image with guidance (batch 2), 8 heads: self-attention scores")
+for s in (64, 32, 16):
+    tokens = s * s
+    values = 2 * 8 * tokens**2
+    print(f"  {s}x{s} latent level, T = {tokens:>4}: {values:>11,} values = "
+          f"{4 * values / 2**20:7.1f} MiB in float32, {2 * values / 2**20:6.1f} MiB in 16 bits")
+
+
+# %% [markdown]
+# A gigabyte written and read back by each of the five transformers at 64x64, at every step.
+# A fused ("flash") kernel (Dao et al., 2022) never writes $S$: it walks over
+# the keys in blocks, keeping for each query a running maximum $m$, a running sum $\ell$ of
+# the exponentials and a running output $o$. When a block of scores $s_j$ arrives,
+#
+# $$m' = \max(m, \max_j s_j), \qquad
+#   \ell' = \ell\, e^{m - m'} + \sum_j e^{s_j - m'}, \qquad
+#   o' = o\, e^{m - m'} + \sum_j e^{s_j - m'} v_j ,$$
+#
+# and at the end $o / \ell$ is exactly $\operatorname{softmax}(s)\,V$. Subtracting the
+# running maximum keeps the exponentials from overflowing; rescaling by $e^{m - m'}$ corrects
+# what was summed before the maximum grew. Here is that recurrence in numpy for one head,
+# checked against sdlearn's attention (an illustration; the real kernels tile queries too and
+# keep the blocks in on-chip memory):
+
+# %%
+def blockwise_attention(q, k, v, block=64):
+    """softmax(q k^T / sqrt(d)) v for one head, q (Tq, d), k and v (Tk, d), keys in blocks."""
+    m = np.full(len(q), -np.inf)  # running max of each query's scores
+    total = np.zeros(len(q))  # running sum of exp(score - m)
+    out = np.zeros_like(q)  # running sum of exp(score - m) v
+    for j in range(0, len(k), block):
+        s = q @ k[j:j + block].T / np.sqrt(q.shape[-1])  # (Tq, block): never (Tq, Tk)
+        m_new = np.maximum(m, s.max(axis=1))
+        p = np.exp(s - m_new[:, None])
+        total = total * np.exp(m - m_new) + p.sum(axis=1)
+        out = out * np.exp(m - m_new)[:, None] + p @ v[j:j + block]
+        m = m_new
+    return out / total[:, None]
+
+
+q, k, v = (rng.standard_normal((256, 40)) for _ in range(3))
+full = ops.convert_to_numpy(layers.attention(*(x[None, :, None, :].astype("float32")
+                                               for x in (q, k, v))))[0, :, 0]
+print(f"blocks of 64 keys vs the full softmax: max |difference| "
+      f"{at_most(np.abs(blockwise_attention(q, k, v) - full).max())}")
+
+# %% [markdown]
+# The FLOPs are the same; the memory needed drops from $O(T^2)$ to $O(T d)$ per head. On a GPU
+# under JAX, `keras.ops.dot_product_attention` runs cuDNN's fused kernel; under PyTorch, SDPA.
+# The TensorFlow backend used here has no fused kernel: it computes the same two einsums and
+# softmax, so on this CPU the switch changes neither the numbers (beyond rounding) nor the
+# time (beyond the noise of a shared machine). Checking both on an attention of SD's 256 px
+# shape (batch 2, 1024 pixels, 8 heads of 40):
+
+# %%
+# ~3 s on a 2-core CPU
+q, k, v = (rng.standard_normal((2, 1024, 8, 40)).astype("float32") for _ in range(3))
+plain = ops.convert_to_numpy(layers.attention(q, k, v, fused=False))
+fused = ops.convert_to_numpy(layers.attention(q, k, v, fused=True))
+print(f"fused vs einsum attention: max |difference| {at_most(np.abs(fused - plain).max())}")
+layers.FUSED_ATTENTION = True  # read at call time by eager models, at trace time by compiled ones
+try:
+    fused_unet = ops.convert_to_numpy(unet(inputs))
+finally:
+    layers.FUSED_ATTENTION = False
+print("tiny UNet, FUSED_ATTENTION = True: max |difference| "
+      f"{at_most(np.abs(fused_unet - eager).max())}")
+
+# %% tags=["nbval-ignore-output"]
+attention_times = {name: best_time(lambda f=f: ops.convert_to_numpy(
+    layers.attention(q, k, v, fused=f)), 5)[1] for name, f in (("einsums", False), ("fused", True))}
+for name, seconds in attention_times.items():
+    print(f"{name:>8}: {seconds * 1e3:.1f} ms")
+
+# %% [markdown]
+# ## All the measured times of this notebook
+#
+# Per call of the tiny UNet (batch 2), per guided prediction, and per sampling step, on this
+# machine, as the cells above measured them (a log scale: they span two orders of magnitude):
+
+# %% tags=["nbval-ignore-output"]
+measured = {f"UNet call, {m}": t for m, t in mode_times.items()}
+measured.update({f"guidance, {m}": t for m, t in guidance_times.items()})
+measured.update({f"DDIM step, {m}": t for m, t in loop_times.items()})
+fig, ax = plt.subplots(figsize=(7, 3.6))
+ax.barh(list(measured), [t * 1e3 for t in measured.values()],
+        color=["tab:blue"] * 3 + ["tab:orange"] * 2 + ["tab:green"] * 2)
+ax.axvline(2 * tiny_flops / rate * 1e3, color="k", linestyle="--",
+           label="batch-2 UNet arithmetic at the matmul rate")
+ax.set_xscale("log")
+ax.invert_yaxis()
+ax.set_title("Tiny model (random weights) on this CPU: best times")
+ax.set_xlabel("milliseconds (log scale)")
+ax.set_ylabel("what was timed")
+ax.legend(fontsize=8, loc="lower right")
+plt.show()
+
+# %% [markdown]
+# ## 8. Full size: Stable Diffusion v1 against KerasCV
+#
+# The tiny model is all overhead; the real one is all arithmetic. The measurements at full
+# size take minutes per call here, so they were made once with the scripts in `benchmarks/`,
+# on this course's machine type (2 cores, AMD EPYC Zen 3) while it was **shared** with other
+# jobs, and written to `benchmarks/RESULTS.md`. We read the interleaved A/B table from that
+# file: sdlearn's UNet and KerasCV's, with the same weights, both under XLA, taking turns in
+# one process so that both see the same load.
+
+# %%
+results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+section = results.split("### Interleaved A/B")[1].split("\n#")[0]
+print(section.split("\n\n")[1].replace("\n", " "))  # the conditions, as the file states them
+rows = [[cell.strip() for cell in line.strip("|").split("|")]
+        for line in section.splitlines() if line.startswith("|")]
+header, ab = rows[0], rows[2:]  # rows[1] is the |---| line
+print()
+print(f"{header[0]:<58} {'s':>6} {'GFLOP/s':>8} {'% matmul':>9}")
+for name, seconds, gflops, share in ab:
+    print(f"{name:<58} {seconds:>6} {gflops:>8} {share:>9}")
+command = re.search(r"Command: `([^`]+)`", section).group(1)
+print(f"\nreproduce with: {command}")
+
+# %%
+names = [r[0].replace(" (TF eager)", "") for r in ab]
+seconds = [float(r[1]) for r in ab]
+fig, ax = plt.subplots(figsize=(7, 2.8))
+bars = ax.barh(names, seconds, color=plt.cm.tab10(range(len(names))))
+ax.bar_label(bars, [f"{float(r[2]):.0f} GFLOP/s" for r in ab], padding=3, fontsize=8)
+ax.set_xlim(0, max(seconds) * 1.35)
+ax.invert_yaxis()
+ax.set_title("SD v1 UNet work of one guided step at 256 px (2 x 0.180 TFLOP)\n"
+             "2-core CPU, float32, XLA, random weights; best of 3 interleaved rounds")
+ax.set_xlabel("seconds (shared machine)")
+ax.set_ylabel("implementation")
+plt.show()
+
+# %% [markdown]
+# What the table says: at full size sdlearn's UNet is as fast as KerasCV's (within 1%, inside
+# the noise), one call of batch 2 beats two calls of batch 1 by a few percent (the $t_0$ of
+# section 4 is small next to seconds of arithmetic), and both run at or above the rate that a
+# large eager matrix multiply reached in the same minutes, the CPU's practical ceiling. On an
+# idle machine (the project's design measurements) the matmul reaches 129 to 141 GFLOP/s and
+# KerasCV's guided step 105 to 120, i.e. 80 to 88% of it. Put differently: on this CPU a
+# 512 px image with 50 steps cannot take much less than the ten minutes section 1 computed,
+# in sdlearn or anywhere else, and the fast paths of sections 5 to 7 have little left to
+# win here.
+#
+# ### The GPU row is still open
+#
+# The fast paths that matter on a GPU (the compiled loop, bfloat16, fused attention: together
+# the `sdlearn-fast` configuration of `benchmarks/benchmark.py`) have not been measured yet:
+# no GPU machine was lent to the work that wrote the benchmarks. For comparison, the project's
+# design notes measured others on one H100 (512 px, batch 3, 50 steps, random weights, one
+# run): KerasCV on Keras 3 + JAX with XLA and mixed float16 took 3.26 s per batch, diffusers
+# in float16 with SDPA attention 1.43 s, and with `torch.compile` 0.88 s; the compute floor at
+# 989 TFLOP/s is 0.25 s. The recipe for the missing row, from `benchmarks/README.md`:
+
+# %%
+readme = (ROOT / "benchmarks" / "README.md").read_text()
+recipe = readme.split("## On the GPU machine")[1]
+fetch, device_call = (textwrap.dedent(block) for block in
+                      re.findall(r"```bash\n(.*?)```", recipe, flags=re.S)[:2])
+print("1. here, once: fetch the wheels (Keras etc. for Python 3.12, ~10 MB)\n" + fetch)
+print("2. on the GPU machine, with .whl carried along:\n" + device_call)
+
+# %% [markdown]
+# ## Summary
+#
+# | fast path | agrees with float32 | on this 2-core CPU | where it pays |
+# |---|---|---|---|
+# | XLA | to ~1e-6 | tiny model: many times faster than eager; full size: at the matmul ceiling | always, once compiled |
+# | one call of $2B$ | to float32 rounding | saves the per-call overhead $t_0$: large for tiny, a few % at full size | GPUs, small batches |
+# | compiled loop | to float32 rounding | saves the Python between steps | GPUs (steps of milliseconds) |
+# | bfloat16 / float16 | to ~1e-2 of the scale | no faster (no half arithmetic) | GPUs with tensor cores |
+# | fused attention | to ~1e-6 | no change (TensorFlow has no fused kernel) | GPUs, large images |
+#
+# Turning everything on is one constructor and one flag:
+#
+# ```python
+# import sdlearn.layers
+# sdlearn.layers.FUSED_ATTENTION = True  # before building: compiled models keep what they traced
+# sd = StableDiffusion("sd-v1", compiled_loop=True, dtype_policy="mixed_bfloat16")
+# ```
+#
+# `tests/test_fast.py` checks each switch, the whole pipeline included, against the plain
+# float32 path on every test run.
+#
+# ## Exercises
+#
+# Each exercise has a `check_*` function that says what is wrong and gives a hint. Replace
+# the `None` with your answer and run the cell. The solutions are in the hidden cells.
+#
+# **Exercise 1.** Write `conv_flops(height, width, kernel_size, c_in, c_out)`: the FLOPs of
+# one image through a stride-1, "same"-padded `Conv2D` without bias (count multiplies and adds).
+
+# %%
+from sdlearn.exercises.ch08_performance import (check_bfloat16_gap, check_conv_flops,
+                                                check_image_tflop, check_score_memory)
+
+
+def conv_flops(height, width, kernel_size, c_in, c_out):
+    return None  # your code here
+
+
+check_conv_flops(conv_flops)
+
+
+# %% tags=["hide-cell"]
+def conv_flops(height, width, kernel_size, c_in, c_out):
+    return 2 * height * width * kernel_size**2 * c_in * c_out
+
+
+check_conv_flops(conv_flops)
+
+# %% [markdown]
+# **Exercise 2.** How many TFLOP does one 512 px image cost with **30** DDIM steps and
+# guidance scale 7.5? (UNet 0.803 TFLOP per image and call, decoder 2.51, text encoder 0.013.)
+
+# %%
+check_image_tflop(None)  # your answer, in TFLOP
+
+# %% tags=["hide-cell"]
+check_image_tflop(2 * 30 * 0.803 + 2.51 + 2 * 0.013)
+
+# %% [markdown]
+# **Exercise 3.** How many bytes does the score tensor of the UNet's first self-attention
+# take for one **768 px** image with guidance (batch 2), 8 heads, in float16?
+
+# %%
+check_score_memory(None)  # your answer, in bytes
+
+# %% tags=["hide-cell"]
+tokens = (768 // 8) ** 2  # every latent pixel is a token: 96 x 96
+check_score_memory(2 * 8 * tokens**2 * 2)
+
+# %% [markdown]
+# **Exercise 4.** The format table gives the gap above 1.0. What is the distance from **256**
+# to the next larger bfloat16 number? Reason it out, then check your answer with `ops.cast`.
+
+# %%
+check_bfloat16_gap(None)  # your answer, a number
+
+# %% tags=["hide-cell"]
+# 256 = 2^8 and bfloat16 stores 7 mantissa bits: 2^7 numbers from 256 to 512, 2^(8-7) apart
+for x in (256.9, 257.1, 258.0):
+    rounded = ops.convert_to_numpy(ops.cast(ops.cast(x, "bfloat16"), "float32"))
+    print(f"{x} in bfloat16 -> {rounded}")
+check_bfloat16_gap(2.0)
+
+# %% [markdown]
+# **Exercise 5 (open, no check).** Measure $t_0$ and $F/R$ of section 4 for the tiny UNet: time
+# `unet.predict_on_batch` at batch 1, 2, 4 and 8 (each batch size compiles once) and fit a
+# line to time against batch. How many images per call would it take before the arithmetic
+# costs as much as the overhead? Repeat with `jit_compile=False`.
+#
+# **Next:** that is the course. `benchmarks/README.md` shows how to measure the full-size
+# model yourself, on a CPU or on a GPU.
