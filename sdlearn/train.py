@@ -495,6 +495,7 @@ def run(stage="all", quick=False, output_dir="sdlearn-tiny",
         stage_dir.mkdir(exist_ok=True)
         print(f"Stage {name}: {plan.stage(name)}")
         started = time.perf_counter()
+        keras.utils.set_random_seed(seed)  # the same initial weights, also for a stage rerun
         with strategy.scope():
             result = STAGE_FUNCTIONS[name](data, plan, checkpoint_dir, seed,
                                            dict(verbose=verbose, callbacks=callbacks))
