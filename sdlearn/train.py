@@ -29,7 +29,7 @@ same after a resume as without the interruption.
 
     sdlearn train                                   # the full run (see FULL below)
     sdlearn train --output sdlearn/data/tiny        # ... rebuilding the shipped weights
-    sdlearn train --quick                           # a 2-minute run for tests
+    sdlearn train --quick                           # a short run for tests (4 min loaded)
     sdlearn train --resume                          # continue an interrupted run
     sdlearn train --stage unet --steps 500          # retrain only the UNet, on the shipped
                                                     # autoencoder and text encoder
@@ -96,21 +96,21 @@ class TrainingPlan:
         return getattr(self, name)
 
 
-FULL = TrainingPlan(  # ~20 minutes on 2 CPU cores (measured times in the manifest)
+FULL = TrainingPlan(  # 29 min on 2 shared CPU cores (each stage's time is in the manifest)
     num_images=12_000,
-    # ~0.26 s a step: the 64x64 convolutions dominate. Small batches, more steps: the
+    # 0.38 s a step: the 64x64 convolutions dominate. Small batches, more steps: the
     # autoencoder learns edges from the number of updates more than from the batch size.
     autoencoder=StageSettings(steps=1_200, batch_size=16, learning_rate=3e-3,
                               steps_per_epoch=100),
-    # ~0.6 s a step; the contrastive loss wants large batches (more wrong captions to beat).
+    # 0.66 s a step; the contrastive loss wants large batches (more wrong captions to beat).
     text_encoder=StageSettings(steps=250, batch_size=128, learning_rate=2e-3,
                                steps_per_epoch=50),
-    # ~0.25 s a step of 32 latents. On a fixed budget of examples, more and smaller steps:
-    # 1,200 steps of 64 left colours and positions at 58% and 84% (guidance 7.5).
+    # 0.38 s a step of 32 latents. On a fixed budget of examples, more and smaller steps:
+    # 1,200 steps of 64 left seen captions' colours and positions at 58% and 84% (guidance 7.5).
     unet=StageSettings(steps=3_000, batch_size=32, learning_rate=3e-3, steps_per_epoch=200,
                        ema_momentum=0.998),
 )
-QUICK = TrainingPlan(  # every code path, in under 2 minutes; the pictures are noise
+QUICK = TrainingPlan(  # every code path (258 s at load 3.5, mostly tracing); pictures are noise
     num_images=512,
     autoencoder=StageSettings(steps=20, batch_size=16, learning_rate=2e-3, steps_per_epoch=10),
     text_encoder=StageSettings(steps=20, batch_size=32, learning_rate=2e-3, steps_per_epoch=10),
@@ -660,7 +660,7 @@ def build_parser(parser=None):
     parser.add_argument("--stage", default="all", choices=("all",) + STAGES,
                         help="which stage to train (default: all three, in order)")
     parser.add_argument("--quick", action="store_true",
-                        help="a tiny run that exercises everything in ~2 minutes")
+                        help="a short run that exercises every code path (minutes)")
     parser.add_argument("--output", default="sdlearn-tiny",
                         help="where the four weight files and manifest.json go")
     parser.add_argument("--checkpoint-dir", default="sdlearn-tiny-checkpoints",
