@@ -50,10 +50,10 @@ import annotate  # noqa: E402  (book/_ext/annotate.py, what the annotated pages 
 # Each annotated-source page and the module it shows; every other sdlearn module is listed in
 # NOT_ANNOTATED with a reason, so a new module cannot be left out by accident.
 ANNOTATED = ["config", "tokenizer", "text_encoder", "layers", "unet", "vae", "sampler",
-             "pipeline", "fast", "weights", "shapes"]
+             "pipeline", "fast", "weights", "shapes", "train", "evaluate"]
 NOT_ANNOTATED = {"__init__": "lazy exports", "cli": "the command line",
                  "course": "notebook helpers", "checks": "argument checks",
-                 "tiny": "where the tiny weights live", "train": "training code (chapter 6)"}
+                 "tiny": "where the tiny weights live"}
 SCREENSHOT_PAGES = ["intro", "source/unet", "instructors"]
 
 
