@@ -1,5 +1,7 @@
-"""Argument checks shared by the sampler and the pipeline: say what is wrong, by name."""
+"""Argument checks shared by the sampler, the pipeline and the commands: say what is wrong,
+by name."""
 
+import argparse
 import numbers
 
 import numpy as np
@@ -12,3 +14,11 @@ def check_int(name, value, low, high=np.inf):
     if not low <= value <= high:
         raise ValueError(f"{name} must be " + (f">= {low}" if high == np.inf else
                                                f"in [{low}, {high}]") + f", got {value}")
+
+
+def positive_int(text):
+    """An argparse type: ``text`` as an int >= 1, else a message saying so."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value

@@ -40,15 +40,19 @@ def _parser():
                           help="one side for a square image, or HEIGHT WIDTH")
     generate.add_argument("--no-xla", action="store_true", help="do not jit-compile with XLA")
 
-    commands.add_parser("download", help="fetch SD v1.4 (text encoder, UNet, VAE; 4.3 GB) "
-                        "into $SDLEARN_CACHE (default ~/.cache/sdlearn)")
+    download = commands.add_parser("download", help="fetch SD v1.4 (text encoder, UNet, VAE; "
+                                   "4.3 GB) into $SDLEARN_CACHE (default ~/.cache/sdlearn)")
 
     from sdlearn import evaluate, train  # their options live beside their code
 
-    train.build_parser(commands.add_parser(
-        "train", help="train the tiny model from scratch (autoencoder, CLIP, UNet)"))
-    evaluate.build_parser(commands.add_parser(
-        "evaluate", help="measure how well the tiny model follows prompts"))
+    for name, module, text in (
+            ("train", train, "train the tiny model from scratch (autoencoder, CLIP, UNet)"),
+            ("evaluate", evaluate, "measure how well the tiny model follows prompts")):
+        command = commands.add_parser(name, help=text, description=text)
+        module.build_parser(command)
+        command.set_defaults(run=module.command)
+    generate.set_defaults(run=generate_command)
+    download.set_defaults(run=download_command)
     return parser
 
 
@@ -70,7 +74,7 @@ def _save_png(image, path, metadata):
         raise
 
 
-def generate(args):
+def generate_command(args):
     from sdlearn.pipeline import StableDiffusion
 
     weights = None if args.weights == "random" else "default"
@@ -92,7 +96,7 @@ def generate(args):
         print("warning: random weights: these pictures are noise, not results", file=sys.stderr)
 
 
-def download(args):
+def download_command(args):
     from sdlearn.pipeline import MODEL_NAMES
     from sdlearn.weights import download as fetch
 
@@ -103,11 +107,7 @@ def download(args):
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        from sdlearn import evaluate, train
-
-        commands = {"generate": generate, "download": download, "train": train.command,
-                    "evaluate": evaluate.command}
-        commands[args.command](args)
+        args.run(args)
     except (ValueError, TypeError, OSError) as error:  # our checks: say what is wrong, no trace
         print(f"sdlearn {args.command}: error: {error}", file=sys.stderr)
         return 2

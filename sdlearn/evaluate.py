@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from sdlearn import sampler, shapes
+from sdlearn.checks import positive_int
 from sdlearn.config import TINY
 from sdlearn.text_encoder import TextEncoder
 from sdlearn.tokenizer import Tokenizer
@@ -147,13 +148,6 @@ def non_negative_int(text):
     return value
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def non_negative_float(text):
     value = float(text)
     if not value >= 0:
@@ -161,10 +155,8 @@ def non_negative_float(text):
     return value
 
 
-def build_parser(parser=None):
-    parser = parser or argparse.ArgumentParser(
-        prog="sdlearn evaluate",
-        description="Measure how well the tiny model follows prompts (seen and held-out).")
+def build_parser(parser):
+    """Add ``sdlearn evaluate``'s options to ``parser`` (its subcommand parser in sdlearn.cli)."""
     parser.add_argument("--seen", type=non_negative_int, default=160,
                         help="captions of seen (colour, shape, position) combinations")
     parser.add_argument("--held-out", type=non_negative_int, default=96,

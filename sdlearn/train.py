@@ -35,9 +35,7 @@ same after a resume as without the interruption.
                                                     # autoencoder and text encoder
 """
 
-import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -56,7 +54,8 @@ from sdlearn.text_encoder import TextEncoder
 from sdlearn.tokenizer import Tokenizer
 from sdlearn.unet import UNet
 from sdlearn.vae import Decoder, ImageEncoder
-from sdlearn.weights import WeightsCorruptError
+from sdlearn.checks import positive_int
+from sdlearn.weights import WeightsCorruptError, file_sha256
 
 STAGES = ("autoencoder", "text_encoder", "unet")
 # The four shipped models and their files, as the pipeline loads them.
@@ -581,14 +580,6 @@ def _last(history):
 
 
 # ---- The shipped weights ------------------------------------------------------------------
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_output(checkpoint_dir, output_dir, summary):
     """Copy the four trained models into ``output_dir`` with a manifest of their hashes."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -599,7 +590,7 @@ def write_output(checkpoint_dir, output_dir, summary):
             target = output_dir / MODEL_FILES[model]
             if path.resolve() != target.resolve():
                 shutil.copyfile(path, target)
-            files[model] = {"file": target.name, "sha256": sha256(target),
+            files[model] = {"file": target.name, "sha256": file_sha256(target),
                             "bytes": target.stat().st_size}
     latent_scale = stages["autoencoder"]["latent_scale"]
     manifest = {
@@ -633,7 +624,7 @@ def tiny_weights(directory=None):
         if not path.is_file():
             raise FileNotFoundError(f"the tiny model's weight file {path} is missing; "
                                     "reinstall sdlearn or rebuild it with `sdlearn train`")
-        if sha256(path) != files[name]["sha256"]:
+        if file_sha256(path) != files[name]["sha256"]:
             raise WeightsCorruptError(f"the tiny model's weight file {path} is corrupt: its "
                                       f"SHA-256 differs from {manifest_path}'s")
         paths[name] = path
@@ -647,16 +638,8 @@ def tiny_manifest(directory=None):
 
 
 # ---- Command line ----------------------------------------------------------------------
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def build_parser(parser=None):
-    parser = parser or argparse.ArgumentParser(
-        prog="sdlearn train", description="Train the tiny Stable Diffusion from scratch.")
+def build_parser(parser):
+    """Add ``sdlearn train``'s options to ``parser`` (its subcommand parser in sdlearn.cli)."""
     parser.add_argument("--stage", default="all", choices=("all",) + STAGES,
                         help="which stage to train (default: all three, in order)")
     parser.add_argument("--quick", action="store_true",

@@ -81,7 +81,8 @@ def _weight_file(name_or_weightfile):
     return PUBLISHED.get(name_or_weightfile, name_or_weightfile)  # a name, or a WeightFile
 
 
-def _sha256(path):
+def file_sha256(path):
+    """The SHA-256 of a file, in hex, read 1 MiB at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -129,7 +130,7 @@ def _is_verified(path, sha256):
     marker = _marker(path)
     if marker.is_file() and marker.read_text() == _stamp(path, sha256):
         return True
-    if _sha256(path) != sha256:
+    if file_sha256(path) != sha256:
         return False
     try:
         _mark_verified(path, sha256)
