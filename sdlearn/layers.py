@@ -31,7 +31,7 @@ def attention_weights(q, k, causal=False):
     """
     scores = ops.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
     if causal:
-        num_queries, num_keys = scores.shape[-2], scores.shape[-1]
+        num_queries, num_keys = ops.shape(scores)[-2], ops.shape(scores)[-1]
         future = ops.triu(ops.ones((num_queries, num_keys)), k=1)  # 1 above the diagonal
         scores = ops.where(future > 0, ops.cast(float("-inf"), scores.dtype), scores)
     return ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), q.dtype)

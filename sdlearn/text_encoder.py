@@ -28,8 +28,12 @@ class TokenAndPositionEmbedding(Composite):
         super().__init__(**kwargs)
         self.token_embedding = keras.layers.Embedding(config.vocab_size, config.width)
         self.position_embedding = keras.layers.Embedding(config.max_length, config.width)
+        self.max_length = config.max_length
 
     def call(self, tokens):
+        if tokens.shape[1] is not None and tokens.shape[1] > self.max_length:
+            raise ValueError(f"got {tokens.shape[1]} tokens per prompt; this text encoder has "
+                             f"{self.max_length} positions, so at most {self.max_length}")
         positions = ops.arange(ops.shape(tokens)[1])  # (77,): 0, 1, ..., 76
         return self.token_embedding(tokens) + self.position_embedding(positions)[None]
 
@@ -58,12 +62,14 @@ class CLIPLayer(Composite):
 class TextEncoder(PublishedWeights, keras.Model):
     """tokens (B, 77) int32 -> context (B, 77, width): the last hidden state, layer-normed.
 
+    Shorter inputs (B, T <= 77) work too and give the first T rows of the same output:
+    attention is causal, so a position never sees the ones after it (training uses this).
     With ``TextEncoderConfig()`` (SD v1) it has 123,060,480 parameters and loads KerasCV's
     ``kcv_encoder.h5``.
     """
 
     def __init__(self, config=TextEncoderConfig(), **kwargs):
-        tokens = keras.Input((config.max_length,), dtype="int32", name="tokens")
+        tokens = keras.Input((None,), dtype="int32", name="tokens")  # T <= max_length
         x = TokenAndPositionEmbedding(config)(tokens)  # (B, 77, 768)
         for _ in range(config.num_layers):
             x = CLIPLayer(config)(x)  # (B, 77, 768)
