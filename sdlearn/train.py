@@ -29,12 +29,14 @@ same after a resume as without the interruption.
 
     sdlearn train                                   # the full run (see FULL below)
     sdlearn train --output sdlearn/data/tiny        # ... rebuilding the shipped weights
-    sdlearn train --quick                           # a short run for tests (4 min loaded)
+    sdlearn train --quick                           # a short run for tests (~100 s)
     sdlearn train --resume                          # continue an interrupted run
     sdlearn train --stage unet --steps 500          # retrain only the UNet, on the shipped
                                                     # autoencoder and text encoder
 """
 
+import contextlib
+import ctypes
 import dataclasses
 import json
 import math
@@ -55,7 +57,7 @@ from sdlearn.tokenizer import Tokenizer
 from sdlearn.unet import UNet
 from sdlearn.vae import Decoder, ImageEncoder
 from sdlearn.checks import positive_int
-from sdlearn.weights import WeightsCorruptError, file_sha256
+from sdlearn.weights import WeightsCorruptError, atomic_write, file_sha256
 
 STAGES = ("autoencoder", "text_encoder", "unet")
 # The four shipped models and their files, as the pipeline loads them.
@@ -89,33 +91,44 @@ class TrainingPlan:
     clip_dim: int = 32  # CLIP's joint image-text embedding size
     caption_dropout: float = 0.1  # share of UNet examples trained with the empty prompt
     caption_drop_probability: float = 0.3  # captions leave out size/position/background
-    jit_compile: bool = True  # XLA: compiling costs seconds, each step gets much faster
+    # How each training step runs. "xla": traced into a TensorFlow graph and compiled by XLA
+    # once per stage (30-80 s on 2 cores; tracing Adam's update of each of the UNet's 286
+    # variables is a third of it), then each step runs ~2x faster than the plain graph.
+    # "graph": traced, not compiled, and without TensorFlow's graph optimiser (Grappler):
+    # for QUICK's 20 steps a stage, compiling and optimising cost more than they save
+    # (UNet stage: 50 s with them, 34 s without). Eager execution, with no tracing at all,
+    # was slower still: 2-4 s a step.
+    execution: str = "xla"
 
     def stage(self, name):
         return getattr(self, name)
 
 
-FULL = TrainingPlan(  # 29 min on 2 shared CPU cores (each stage's time is in the manifest)
+FULL = TrainingPlan(  # 30 min on 2 CPU cores: 6 s data, 7 min AE, 4.5 min CLIP, 18 min UNet
     num_images=12_000,
-    # 0.38 s a step: the 64x64 convolutions dominate. Small batches, more steps: the
-    # autoencoder learns edges from the number of updates more than from the batch size.
+    # 0.25-0.45 s a step (and ~40 s of XLA compiling): the 64x64 convolutions dominate.
+    # Small batches, more steps: the autoencoder learns edges from the number of updates
+    # more than from the batch size.
     autoencoder=StageSettings(steps=1_200, batch_size=16, learning_rate=3e-3,
                               steps_per_epoch=100),
-    # 0.66 s a step; the contrastive loss wants large batches (more wrong captions to beat).
-    text_encoder=StageSettings(steps=250, batch_size=128, learning_rate=2e-3,
+    # 0.3-0.4 s a step; the contrastive loss wants large batches (more wrong captions to
+    # beat). 250 steps left 'circle' and 'square' hard to tell apart (a linear probe of the
+    # end token's vector found the shape in 70% of captions; 97% at 500, 100% at 750).
+    text_encoder=StageSettings(steps=750, batch_size=128, learning_rate=2e-3,
                                steps_per_epoch=50),
-    # 0.38 s a step of 32 latents. On a fixed budget of examples, more and smaller steps:
-    # 1,200 steps of 64 left seen captions' colours and positions at 58% and 84% (guidance 7.5).
+    # 0.27 s a step of 32 latents (and ~75 s compiling). On a fixed budget of examples, more
+    # and smaller steps: 1,200 steps of 64 left seen captions' colours and positions at 58%
+    # and 84% (guidance 7.5).
     unet=StageSettings(steps=3_000, batch_size=32, learning_rate=3e-3, steps_per_epoch=200,
                        ema_momentum=0.998),
 )
-QUICK = TrainingPlan(  # every code path (258 s at load 3.5, mostly tracing); pictures are noise
+QUICK = TrainingPlan(  # every code path in ~100 s (AE 23, CLIP 8, UNet 60); pictures are noise
     num_images=512,
     autoencoder=StageSettings(steps=20, batch_size=16, learning_rate=2e-3, steps_per_epoch=10),
     text_encoder=StageSettings(steps=20, batch_size=32, learning_rate=2e-3, steps_per_epoch=10),
     unet=StageSettings(steps=20, batch_size=32, learning_rate=2e-3, steps_per_epoch=10,
                        ema_momentum=0.9),
-    jit_compile=False,
+    execution="graph",
 )
 
 
@@ -169,6 +182,13 @@ class EpochSeed(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches.epoch = epoch
+
+
+def infer(model, inputs, batch_size=256):
+    """``model`` on ``inputs`` in batches, as numpy. Called directly rather than through
+    ``model.predict``, which traces a graph first: seconds that these few calls never win back."""
+    return np.concatenate([ops.convert_to_numpy(model(inputs[i:i + batch_size]))
+                           for i in range(0, len(inputs), batch_size)])
 
 
 def batch_mean(per_example, global_batch_size):
@@ -256,7 +276,7 @@ def autoencoder_batches(data, settings, seed, shape_weight):
 def measure_latent_scale(encoder, images):
     """1 / std of the encoder's latents over ``images``, to 4 significant digits: multiplied
     by it the latents have unit variance, like the noise the diffusion adds to them."""
-    latents = encoder.predict(to_float(images), batch_size=256, verbose=0)  # scale 1 here
+    latents = infer(encoder, to_float(images))  # scale 1 here
     return float(f"{1.0 / latents.std():.4g}")
 
 
@@ -315,10 +335,15 @@ class CLIPTrainer(keras.Model):
 
 
 def clip_batches(data, settings, seed):
+    # Only the tokens up to the longest caption's end token (14 of 77): the loss reads the
+    # end token's vector, which causal attention computes from the tokens before it alone, so
+    # the padding after it changes nothing but the cost (5x more tokens).
+    length = int(np.argmax(data.tokens, axis=1).max()) + 1
+    tokens = data.tokens[:, :length]
+
     def make_batch(rng, batch_size):
         picks = rng.choice(len(data.images), size=batch_size, replace=False)
-        return {"tokens": data.tokens[data.caption_ids[picks]],
-                "images": to_float(data.images[picks])}
+        return {"tokens": tokens[data.caption_ids[picks]], "images": to_float(data.images[picks])}
 
     return Batches(make_batch, settings.batch_size, settings.steps_per_epoch, seed)
 
@@ -393,8 +418,43 @@ def distribution_strategy():
         [d.name for d in devices], cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
-def compile_trainer(trainer, settings, jit_compile):
-    """Adam with a linear warm-up (5% of the steps) and cosine decay to zero."""
+@contextlib.contextmanager
+def graph_optimizer(enabled):
+    """TensorFlow's graph optimiser (Grappler) on or off for the graphs run inside the block,
+    then back as it was. It rewrites each new graph before its first run: worth it for
+    thousands of steps, not for twenty. (XLA-compiled steps are optimised by XLA itself.)"""
+    import tensorflow as tf
+
+    before = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not enabled})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
+
+
+def keep_freed_memory():
+    """Stop glibc's malloc from handing freed memory back to the system (Linux only).
+
+    A block over 32 MB gets its own mmap by default and is unmapped when freed. XLA's CPU
+    runtime allocates a training step's temporaries like that, so every step maps fresh
+    memory and the kernel zeroes it page by page: measured over 80 UNet steps on 2 cores,
+    8.8 M page faults, a quarter of the CPU time in the kernel, 589 ms a step. With mmap and
+    trimming off: 0.5 M faults, 277 ms a step. The process keeps its peak memory instead
+    (about 3 GB for the full run). Other C libraries (macOS) are left as they are.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameter numbers, from malloc.h
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
+def compile_trainer(trainer, settings, execution="xla"):
+    """Adam with a linear warm-up (5% of the steps) and cosine decay to zero; ``execution``
+    is "xla" or "graph" (see TrainingPlan)."""
     warmup = max(1, settings.steps // 20)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=settings.steps - warmup, warmup_target=settings.learning_rate,
@@ -402,7 +462,7 @@ def compile_trainer(trainer, settings, jit_compile):
     use_ema = settings.ema_momentum is not None
     optimizer = keras.optimizers.Adam(schedule, use_ema=use_ema,
                                       ema_momentum=settings.ema_momentum or 0.99)
-    trainer.compile(optimizer=optimizer, jit_compile=jit_compile)
+    trainer.compile(optimizer=optimizer, jit_compile=execution == "xla")
 
 
 class StageClock(keras.callbacks.Callback):
@@ -431,7 +491,11 @@ def fit(trainer, batches, settings, stage_dir=None, verbose="auto", callbacks=()
     if stage_dir is not None:
         callbacks += [keras.callbacks.BackupAndRestore(str(Path(stage_dir) / "backup")),
                       keras.callbacks.CSVLogger(str(Path(stage_dir) / "log.csv"), append=True)]
-    return trainer.fit(batches, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    # shuffle=False: the batches are already random. Keras would otherwise shuffle their order
+    # with Python's global `random`, whose state a resumed run does not restore, so a resume
+    # would see the same batches in another order (and end up with other weights).
+    return trainer.fit(batches, epochs=epochs, callbacks=callbacks, verbose=verbose,
+                       shuffle=False)
 
 
 # ---- The whole run -----------------------------------------------------------------------
@@ -475,6 +539,7 @@ def run(stage="all", quick=False, output_dir="sdlearn-tiny",
 
         plan = dataclasses.replace(plan, **{n: override(plan.stage(n)) for n in selected})
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()
 
     start = time.perf_counter()
     print(f"Drawing {plan.num_images} training images of the shapes world (seed {seed}) ...")
@@ -483,41 +548,47 @@ def run(stage="all", quick=False, output_dir="sdlearn-tiny",
                "num_captions": len(data.captions) - 1,
                "data_seconds": round(time.perf_counter() - start, 1), "stages": {}}
     strategy = distribution_strategy()
-    for name in STAGES:
-        if stage not in ("all", name):
-            continue
-        stage_dir = checkpoint_dir / name
-        if (stage_dir / "summary.json").exists():  # finished in an earlier session
-            print(f"Stage {name}: already trained in {stage_dir}")
-            summary["stages"][name] = json.loads((stage_dir / "summary.json").read_text())
-            continue
-        stage_dir.mkdir(exist_ok=True)
-        print(f"Stage {name}: {plan.stage(name)}")
-        started = time.perf_counter()
-        keras.utils.set_random_seed(seed)  # the same initial weights, also for a stage rerun
-        with strategy.scope():
-            result = STAGE_FUNCTIONS[name](data, plan, checkpoint_dir, seed,
-                                           dict(verbose=verbose, callbacks=callbacks))
-        result.update(seconds=round(time.perf_counter() - started, 1),
-                      settings=dataclasses.asdict(plan.stage(name)))
-        (stage_dir / "summary.json").write_text(json.dumps(result, indent=2))
-        summary["stages"][name] = result
+    with graph_optimizer(enabled=plan.execution == "xla"):
+        for name in STAGES:
+            if stage in ("all", name):
+                summary["stages"][name] = run_stage(name, data, plan, checkpoint_dir, seed,
+                                                    strategy, dict(verbose=verbose,
+                                                                   callbacks=callbacks))
     if stage in ("all", "unet"):
         write_output(checkpoint_dir, output_dir, summary)
     return summary
 
 
+def run_stage(name, data, plan, checkpoint_dir, seed, strategy, fit_options):
+    """Train one stage (or read back its summary if it finished in an earlier session)."""
+    stage_dir = checkpoint_dir / name
+    if (stage_dir / "summary.json").exists():
+        print(f"Stage {name}: already trained in {stage_dir}")
+        return json.loads((stage_dir / "summary.json").read_text())
+    stage_dir.mkdir(exist_ok=True)
+    print(f"Stage {name}: {plan.stage(name)}")
+    started = time.perf_counter()
+    keras.utils.set_random_seed(seed)  # the same initial weights, also for a stage rerun
+    with strategy.scope():
+        result = STAGE_FUNCTIONS[name](data, plan, checkpoint_dir, seed, fit_options)
+    result.update(seconds=round(time.perf_counter() - started, 1),
+                  settings=dataclasses.asdict(plan.stage(name)))
+    (stage_dir / "summary.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 def _trained(checkpoint_dir, name):
-    """Where stage ``name``'s weight files and summary live: this run, else the shipped."""
+    """Stage ``name``'s weight files, summary and loss log: this run's, else the shipped."""
     stage_dir = Path(checkpoint_dir) / name
     if (stage_dir / "summary.json").exists():
         summary = json.loads((stage_dir / "summary.json").read_text())
-        return {m: stage_dir / MODEL_FILES[m] for m in STAGE_MODELS[name]}, summary
+        return ({m: stage_dir / MODEL_FILES[m] for m in STAGE_MODELS[name]}, summary,
+                stage_dir / "log.csv")
     print(f"  using the shipped {name} ({SHIPPED_DIR})")
     manifest = json.loads((SHIPPED_DIR / MANIFEST).read_text())
     paths = tiny_weights()
-    return ({m: paths[m] for m in STAGE_MODELS[name]},
-            manifest["training"]["stages"][name])
+    return ({m: paths[m] for m in STAGE_MODELS[name]}, manifest["training"]["stages"][name],
+            SHIPPED_DIR / f"{name}_log.csv")
 
 
 def train_autoencoder(data, plan, checkpoint_dir, seed, fit_options):
@@ -525,7 +596,7 @@ def train_autoencoder(data, plan, checkpoint_dir, seed, fit_options):
     config = tiny_config(latent_scale=1.0)  # train unscaled; measure the scale afterwards
     encoder, decoder = ImageEncoder(config.vae), Decoder(config.vae)
     trainer = AutoencoderTrainer(encoder, decoder, plan.kl_weight, settings.batch_size)
-    compile_trainer(trainer, settings, plan.jit_compile)
+    compile_trainer(trainer, settings, plan.execution)
     batches = autoencoder_batches(data, settings, [seed, 1], plan.shape_weight)
     history = fit(trainer, batches, settings, stage_dir, **fit_options)
     encoder.save_weights(stage_dir / MODEL_FILES["image_encoder"])
@@ -539,7 +610,7 @@ def train_text_encoder(data, plan, checkpoint_dir, seed, fit_options):
     settings, stage_dir = plan.text_encoder, Path(checkpoint_dir) / "text_encoder"
     text_encoder = TextEncoder(TINY.text_encoder)
     trainer = CLIPTrainer(text_encoder, plan.clip_dim, settings.batch_size)
-    compile_trainer(trainer, settings, plan.jit_compile)
+    compile_trainer(trainer, settings, plan.execution)
     history = fit(trainer, clip_batches(data, settings, seed=[seed, 2]), settings, stage_dir,
                   **fit_options)
     text_encoder.save_weights(stage_dir / MODEL_FILES["text_encoder"])
@@ -548,21 +619,21 @@ def train_text_encoder(data, plan, checkpoint_dir, seed, fit_options):
 
 def train_unet(data, plan, checkpoint_dir, seed, fit_options):
     settings, stage_dir = plan.unet, Path(checkpoint_dir) / "unet"
-    autoencoder_paths, autoencoder = _trained(checkpoint_dir, "autoencoder")
-    text_paths, _ = _trained(checkpoint_dir, "text_encoder")
+    autoencoder_paths, autoencoder, _ = _trained(checkpoint_dir, "autoencoder")
+    text_paths, _, _ = _trained(checkpoint_dir, "text_encoder")
     config = tiny_config(autoencoder["latent_scale"])
     # The frozen inputs, computed once: SD's latents x_0 = scale * mean of the encoder ...
     encoder = ImageEncoder(config.vae)
     encoder.load_weights(autoencoder_paths["image_encoder"])
     print(f"  encoding {len(data.images)} images to latents ...")
-    latents = encoder.predict(to_float(data.images), batch_size=256, verbose=0)
+    latents = infer(encoder, to_float(data.images))
     # ... and the text encoder's output for each distinct caption (row 0: the empty prompt).
     text_encoder = TextEncoder(config.text_encoder)
     text_encoder.load_weights(text_paths["text_encoder"])
-    contexts = text_encoder.predict(data.tokens, batch_size=256, verbose=0)
+    contexts = infer(text_encoder, data.tokens)
     unet = UNet(config.unet)
     trainer = DiffusionTrainer(unet, settings.batch_size, plan.min_snr_gamma)
-    compile_trainer(trainer, settings, plan.jit_compile)
+    compile_trainer(trainer, settings, plan.execution)
     batches = diffusion_batches(latents, contexts, data.caption_ids, settings,
                                 plan.caption_dropout, seed=[seed, 3])
     history = fit(trainer, batches, settings, stage_dir, **fit_options)  # ends with the EMA weights
@@ -581,17 +652,23 @@ def _last(history):
 
 # ---- The shipped weights ------------------------------------------------------------------
 def write_output(checkpoint_dir, output_dir, summary):
-    """Copy the four trained models into ``output_dir`` with a manifest of their hashes."""
+    """Copy the four trained models and each stage's loss log into ``output_dir``, with a
+    manifest of the models' hashes. Every file is replaced atomically; the manifest comes
+    last, so an interrupted copy leaves files that ``tiny_weights`` refuses, never loads."""
     output_dir.mkdir(parents=True, exist_ok=True)
     files, stages = {}, {}
+    def copy(source, target):
+        if source.resolve() != target.resolve():
+            atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+
     for name in STAGES:
-        paths, stages[name] = _trained(checkpoint_dir, name)
+        paths, stages[name], log = _trained(checkpoint_dir, name)
         for model, path in paths.items():
             target = output_dir / MODEL_FILES[model]
-            if path.resolve() != target.resolve():
-                shutil.copyfile(path, target)
+            copy(path, target)
             files[model] = {"file": target.name, "sha256": file_sha256(target),
                             "bytes": target.stat().st_size}
+        copy(log, output_dir / f"{name}_log.csv")
     latent_scale = stages["autoencoder"]["latent_scale"]
     manifest = {
         "model": "tiny",
@@ -601,9 +678,11 @@ def write_output(checkpoint_dir, output_dir, summary):
         "training": {**summary, "stages": stages},
         "held_out": sorted(" ".join(triple) for triple in shapes.HELD_OUT),
     }
-    (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    text = json.dumps(manifest, indent=2) + "\n"
+    atomic_write(output_dir / MANIFEST, lambda tmp: Path(tmp).write_text(text))
     total = sum(f["bytes"] for f in files.values()) / 1e6
-    print(f"Wrote {len(files)} weight files ({total:.1f} MB) and {MANIFEST} to {output_dir}")
+    print(f"Wrote {len(files)} weight files ({total:.1f} MB), the loss logs and {MANIFEST} "
+          f"to {output_dir}")
 
 
 def tiny_weights(directory=None):

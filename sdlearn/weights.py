@@ -90,7 +90,7 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
     """Write through ``write(temporary_path)``, then ``os.replace`` it onto ``path``: readers
     see the old file or the whole new one, never a half-written one, and any failure (even
     Ctrl-C) removes the temporary file, so nothing unverified is left looking valid."""
@@ -123,7 +123,7 @@ def _marker(path):
 
 def _mark_verified(path, sha256):
     stamp = _stamp(path, sha256)
-    _atomic_write(_marker(path), lambda tmp: Path(tmp).write_text(stamp))
+    atomic_write(_marker(path), lambda tmp: Path(tmp).write_text(stamp))
 
 
 def _is_verified(path, sha256):
@@ -182,7 +182,7 @@ def download(name_or_weightfile, cache=None, progress=True) -> Path:
     path = Path(cache or cache_dir()) / weight_file.name
     if not (path.is_file() and _is_verified(path, weight_file.sha256)):
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: _fetch(weight_file, path, tmp, progress))
+        atomic_write(path, lambda tmp: _fetch(weight_file, path, tmp, progress))
         _mark_verified(path, weight_file.sha256)  # _fetch checked the hash while streaming
     return path
 
@@ -243,7 +243,7 @@ def save_h5(model, path):
                 _write_names(group, "weight_names", [w.path for w in weights])
                 for w in weights:
                     group.create_dataset(w.path, data=w.numpy())
-    _atomic_write(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def _check_fits(path, model_layers, file_layers):

@@ -378,7 +378,7 @@ def test_read_only_cache_still_verifies(tmp_path, monkeypatch):
     """A shared cache we cannot write to: no marker, so the file is hashed at each use."""
     def refuse(path, write):
         raise PermissionError(f"read-only: {path}")
-    monkeypatch.setattr(weights, "_atomic_write", refuse)
+    monkeypatch.setattr(weights, "atomic_write", refuse)
     monkeypatch.setenv("SDLEARN_CACHE", str(tmp_path))
     (tmp_path / "ro.h5").write_bytes(PAYLOAD)
     weight_file = WeightFile("ro.h5", "http://127.0.0.1:9/ro.h5", SHA, len(PAYLOAD))
