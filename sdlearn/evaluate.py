@@ -11,7 +11,7 @@ attribute. The scenes come in two groups:
   each learned from other pictures.
 
 Both groups are generated at guidance 1.0 (the conditional model alone, no classifier-free
-guidance) and at the tiny model's default guidance scale, 5 (``TINY.guidance_scale``).
+guidance) and at the tiny model's default guidance scale, 3 (``TINY.guidance_scale``).
 
     sdlearn evaluate                        # the README's table: 256 images at each scale
     sdlearn evaluate --seen 40 --held-out 40 --guidance 1 3 5 7.5
