@@ -107,7 +107,7 @@ class StableDiffusion:
         """uint8 images (batch_size, H, W, 3) for ``prompt``.
 
         ``image_size``: (H, W) or one int; default the track's (512 for sd-v1, 64 for tiny).
-        ``guidance_scale``: default the track's (7.5 for sd-v1, 5 for tiny; see config.py).
+        ``guidance_scale``: default the track's (7.5 for sd-v1, 3 for tiny; see config.py).
         ``noise``: the initial latent (batch_size, H/8, W/8, 4), instead of drawing it from
         ``seed``. ``callback(i, t, x_t, pred_x0)`` sees every step (see ``sampler.sample``).
         """
