@@ -28,6 +28,7 @@
 # that sdlearn's encoder computes what KerasCV's computes on the same weights.
 
 # %%
+# ~15-35 s, ~0.7 GB on a 2-core CPU: imports Keras/TensorFlow, loads the tiny pipeline
 import matplotlib.pyplot as plt
 import numpy as np
 from keras import ops
@@ -103,12 +104,14 @@ print(f"|P_i|, mean over positions 0-13: {norms[:14].mean():.3g}; "
 # %% [markdown]
 # No pattern: apart from the diagonal, the cosines scatter around 0. The norms tell why. Keras
 # starts an embedding row as 32 numbers uniform in $\pm 0.05$, a norm of about
-# $\sqrt{32 \cdot 0.1^2 / 12} \approx 0.163$, and that is where positions 14 to 76 still are:
-# the longest shapes-world caption is 14 tokens with start and end, and the tiny CLIP's loss
-# reads the vector at the first end token, which (causal attention, next section) only sees
-# positions up to 13. The later rows never received a gradient. The rows training did use are
-# hardly larger on average (0.17) after its 250 steps. (On the sd-v1 track, CLIP read captions
-# of every length: run this cell there to compare.)
+# $\sqrt{32 \cdot 0.1^2 / 12} \approx 0.163$, and that is where positions 14 to 76 still are
+# (0.164): the longest shapes-world caption is 14 tokens with start and end, and the tiny
+# CLIP's loss reads the vector at the first end token, which (causal attention, next section)
+# only sees positions up to 13. So sdlearn trains it on those first 14 tokens alone, and the
+# later rows never received a gradient. The rows training did use are no larger on average
+# (0.163) after its 750 steps, and their corner of the picture (positions 0 to 13) looks as
+# patternless as the rest. (On the sd-v1 track, CLIP read captions of every length: run this
+# cell there to compare.)
 #
 # ## Causal self-attention
 #
@@ -276,9 +279,11 @@ plt.show()
 # %% [markdown]
 # Every map is lower-triangular. The first few tokens put most of their weight on `<start>`
 # (they have little else to look at; larger transformers also "park" unneeded attention on
-# the first token, an "attention sink"). Later tokens look back at content words: in head 0,
-# "in", "the" and "top" attend to "red", and the `<end>` token attends to "background". The
-# **end token** row is special: it is the only position that has read the whole prompt.
+# the first token, an "attention sink"). Later tokens look back at content words: in heads 1,
+# 2 and 3 "circle", "in" and several later tokens attend to "red"; in head 3 "on", "a",
+# "black" and "background" attend to "left"; in head 0 "background" and `<end>` put most of
+# their weight on "black". The **end token** row is special: it is the only position that has
+# read the whole prompt (here it looks at "black" in head 0, at "red" and "left" in head 3).
 #
 # ## How prompts relate
 #
@@ -315,12 +320,18 @@ fig.colorbar(image, ax=ax, label="cosine similarity")
 plt.show()
 
 # %% [markdown]
-# The tiny encoder's pooled vector is mostly about **colour**: "a red circle" and "a red
-# square" are at 0.99, "a blue circle" and "a blue square" at 0.98, while red against blue is
-# below 0.2. Shape hardly moves it. Its CLIP training ended at 59% accuracy (picking the right
-# caption among 128, from the manifest in chapter 6), and colour is the easiest thing to tell
-# apart. The UNet reads all 77 vectors, though, and position 3 ("circle" or "square") does
-# differ between those prompts (see the questions at the end of this chapter).
+# The tiny encoder's pooled vector carries **colour and shape** about equally: "a red circle"
+# is at 0.58 from "a red square" (same colour), at 0.44 from "a blue circle" (same shape) and
+# at -0.04 from "a blue square" (neither); "a blue circle" and "a blue square" are at 0.57.
+# Size and position move it as much: "a large red circle in the top left" and "a small red
+# circle in the bottom right" are at only 0.06, though each is close to "a red circle" (0.64
+# and 0.69). The two triangle prompts are at 0.34 from each other and below 0 from all the
+# rest. Its CLIP training ended at 78% accuracy (picking the right caption among 128, from the
+# manifest in chapter 6). An earlier tiny encoder, trained a third as long (59%), put "a red
+# circle" and "a red square" at 0.99: its pooled vector was almost all colour, and its model
+# drew the same rounded blob for both shapes. The UNet reads all 77 vectors, not only this
+# one; position 3 ("circle" or "square") differs between those prompts too (see the questions
+# at the end of this chapter).
 #
 # ## Same numbers as KerasCV
 #
@@ -332,7 +343,7 @@ plt.show()
 # and run both on the same prompts.
 
 # %%
-# ~45 s, ~2 GB on a 2-core CPU: builds two full-size (123 M parameter) text encoders
+# ~35-70 s, ~2.2 GB on a 2-core CPU: builds two full-size (123 M parameter) text encoders
 import tempfile
 import warnings
 from pathlib import Path
@@ -389,10 +400,11 @@ print(f"3. spread of the empty prompt's positions 2..76: {np.abs(empty[2:] - emp
 
 # %% [markdown]
 # (1.) Position 2 reads only `<start> a red`, the same in both prompts: difference 0.
-# Position 3 ("circle" or "square") differs. (2.) The padding positions read the whole
-# prompt before them, so "red" and "blue" change them too. (3.) The padding tokens are all
-# the same id, but each sits at a different position and reads a different number of earlier
-# padding tokens, so their vectors differ.
+# Position 3 ("circle" or "square") differs, by up to 3.76. (2.) No: the padding positions
+# read the whole prompt before them, so "red" and "blue" change them too (by up to 2.17).
+# (3.) No: the padding tokens are all the same id, but each sits at a different position and
+# reads a different number of earlier padding tokens, so their vectors differ (by up to
+# 1.73).
 #
 # ## Exercises
 #

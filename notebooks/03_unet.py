@@ -36,7 +36,7 @@
 # Each piece is also checked against KerasCV's, with a number.
 
 # %%
-# ~25 s, ~1 GB on a 2-core CPU: imports Keras/TensorFlow and builds the tiny track's models
+# ~25-50 s, ~0.7 GB on a 2-core CPU: imports Keras/TensorFlow, builds the tiny track's models
 import logging
 import time
 
@@ -131,7 +131,7 @@ for s in (499, 490, 400, 0):
 # itself). Both, for a few timesteps:
 
 # %%
-# ~8 s on a 2-core CPU: importing keras_cv
+# ~2-3 s on a 2-core CPU: importing keras_cv
 import warnings
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # keras_cv's tqdm import
@@ -279,12 +279,13 @@ print(f"SpatialTransformer 16x16x320, 8 heads of 40: {n} weights copied, "
 # saved; the up path takes them last-in, first-out.
 #
 # Rather than trust a drawing, we read the table from the model. SD v1's UNet is built here
-# with random weights; **this costs ~45 s and ~4 GB on a 2-core CPU** (860 million numbers to
+# with random weights; **this costs ~50 s and ~4 GB on a 2-core CPU** (860 million numbers to
 # draw, ~400 layers to trace), the slowest cell of the chapter. Keras then traces it
 # *symbolically* at a 64x64 latent: shapes only, no arithmetic.
 
 # %%
-# ~50 s, ~4 GB on a 2-core CPU: builds SD v1's UNet (random weights) and traces its shapes
+# ~50-120 s, ~4 GB on a 2-core CPU (the upper end on a shared machine): builds SD v1's
+# UNet (random weights) and traces its shapes
 start = time.perf_counter()
 keras.utils.set_random_seed(0)
 sd_unet = UNet(SD_V1.unet)
@@ -506,6 +507,7 @@ plot_u(tiny_rows, f"The tiny UNet at {sd.config.image_size} px (marker size ~ ch
 # output next to the transformer's real one.
 
 # %%
+# ~6-12 s on a 2-core CPU: wires the replays into the UNet's graph
 from sdlearn.layers import Composite
 
 
@@ -543,7 +545,7 @@ maps_model = keras.Model(unet.inputs, outputs)  # eps, then (replayed, weights, 
 maps_model.compile(jit_compile=False)
 
 # %%
-# ~15 s on a 2-core CPU: the first call traces the model
+# ~12-30 s on a 2-core CPU: the first call traces the model
 prompt = "a red circle in the top left"
 prompt_context, empty_context = sd.encode_text(prompt), sd.encode_text("")  # (1, 77, D) each
 noise = np.random.default_rng(0).standard_normal((1, latent_side, latent_side,
@@ -564,7 +566,7 @@ for st, (replayed, weights, real) in zip(transformers, zip(*[iter(per_layer)] * 
 # one batch of 2; chapter 5).
 
 # %%
-# ~5 s on a 2-core CPU: 25 sampling steps, each one call of maps_model
+# ~4-9 s on a 2-core CPU: 25 sampling steps, each one call of maps_model
 from sdlearn import sampler
 
 
@@ -623,33 +625,37 @@ plot_token_maps(image, maps, prompt)
 
 # %% [markdown]
 # Each map is scaled to its own maximum (the colour bar), and the percentage under each token
-# is how much of the pixels' attention it gets on average. Two things stand out, neither of
-# them what SD's famous pictures show. First, the nine tokens of the prompt get only about a
-# fifth of the attention (2-3% each); the rest goes to the padding after `<end>` (the line
-# under the figure), which the tiny model uses as a sink. Second, for this prompt the maps are
-# nearly flat: every token's weight varies by about a factor of two at most over the picture, and
-# no word clearly lights up where the red blob is (`a` is even a little *weaker* on it, in the
-# top left). The model still drew what was asked, a red shape in the top left: in an 8x8
-# latent, a uniform pull from the prompt plus the starting noise is enough. The same with
-# another prompt:
+# is how much of the pixels' attention it gets on average. The model drew what was asked, a
+# red circle in the top left (the prompt names no background; this seed got a white one, with
+# faint green smudges under the circle). Two things stand out. First, the nine tokens of the
+# prompt get only a quarter of the attention (25%: `<start>` and `a` about 7% each, the words
+# 1.6-2%); the rest, 75%, goes to the padding after `<end>` (the line under the figure), which
+# the tiny model uses as a sink. Second, the words that say what and where look where the
+# shape is: the maps of `red` and `top` are bright in the top left quarter, on the circle, and
+# dark everywhere else, while `<start>` and `a` are the other way round, weakest on the
+# circle. `circle`, `in`, `the`, `left` and `<end>` are nearly flat, varying by less than a
+# factor of two over the picture. The same with another prompt:
 
 # %%
-# ~5 s on a 2-core CPU
+# ~2-5 s on a 2-core CPU
 prompt2 = "a blue square in the bottom right"
 image2, maps2 = generate_with_maps(prompt2, seed=1)
 plot_token_maps(image2, maps2, prompt2)
 
 # %% [markdown]
-# Here the attention does land where the shape is. The maps of `in`, `the`, `bottom` and
-# `right`, and less sharply `square`, are brightest in the bottom right, on the blue square,
-# and dark elsewhere; `<start>` and `a` are the other way round, weakest on the square. So the
-# square's pixels take more from the words that say where it is, and the background's pixels
-# from the tokens every prompt shares. `blue` is not one of the bright ones: it is weaker on the
-# square than around it. What a token "means" to the UNet is its CLIP vector, which mixes the
-# whole phrase (chapter 2), so a map per token is not a map per word's meaning; and one
-# prompt's clean maps (this one) next to another's flat ones (above) is what a 1-million
-# parameter model trained for 20 minutes gives. Try other prompts and seeds with
-# `generate_with_maps`.
+# Here the attention lands on the shape even more clearly. All six words, `blue`, `square`,
+# `in`, `the`, `bottom` and `right`, are brightest in the bottom right quarter, on the blue
+# square, and dark elsewhere; `<start>` and `a` are the other way round, weakest on the
+# square, and `<end>` is nearly flat. The prompt's tokens get 31% of the attention this time
+# (69% on the padding). So the square's pixels take more from the words of the prompt, and
+# the background's pixels from the tokens every prompt shares. (The picture itself has the
+# blue square in the bottom right on a pale pink background, with an orange smudge above it
+# and a red spot to its left.) What a token "means" to the UNet is its CLIP vector, which
+# mixes in the words before it (chapter 2), so a map per token is not a map per word's
+# meaning: here the colour and the shape word light up together with the words after them,
+# and in the first prompt `circle` stayed flat while `red` before it and `top` after it lit
+# up. That is what a 1-million parameter model trained for about 18 minutes gives. Try other
+# prompts and seeds with `generate_with_maps`.
 #
 # ## Predict, then run
 #
@@ -673,7 +679,7 @@ print(f"|eps(prompt) - eps(empty)| mean {np.abs(eps_prompt - eps_empty).mean():.
 # %% [markdown]
 # Convolutions and attention work at any size, so only the shapes change; the parameters stay.
 # And the prompt changes the prediction by a fraction of its size: the difference that
-# classifier-free guidance multiplies (by 5 on the tiny track, 7.5 in SD; chapter 5).
+# classifier-free guidance multiplies (by 3 on the tiny track, 7.5 in SD; chapter 5).
 #
 # ## Exercises
 #
