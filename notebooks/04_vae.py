@@ -37,7 +37,7 @@
 # channels as pictures, reconstructions, and a walk through latent space.
 
 # %%
-# ~25 s, ~1 GB on a 2-core CPU: imports Keras/TensorFlow and builds the tiny track's models
+# ~15-35 s, ~0.7 GB on a 2-core CPU: imports Keras/TensorFlow, builds the tiny track's models
 import logging
 import time
 
@@ -108,7 +108,7 @@ show_source(LatentMean)
 # models symbolically: shapes only, no arithmetic).
 
 # %%
-# ~15 s, ~1 GB on a 2-core CPU: builds the SD v1 decoder and encoder (random weights)
+# ~5-15 s, ~1.1 GB on a 2-core CPU: builds the SD v1 decoder and encoder (random weights)
 start = time.perf_counter()
 keras.utils.set_random_seed(0)
 sd_decoder, sd_encoder = Decoder(SD_V1.vae), ImageEncoder(SD_V1.vae)
@@ -186,7 +186,7 @@ plt.show()
 # at any size; small inputs keep the cell fast):
 
 # %%
-# ~15 s, ~1.5 GB on a 2-core CPU: builds KerasCV's decoder and encoder, writes and reads .h5
+# ~13-30 s, ~1.5 GB on a 2-core CPU: builds KerasCV's decoder and encoder, writes, reads .h5
 import tempfile
 import warnings
 from pathlib import Path
@@ -231,6 +231,7 @@ del sd_decoder, sd_encoder
 # scale measured the same way. Here, on 259 fresh shapes images:
 
 # %%
+# ~3-7 s on a 2-core CPU: renders and encodes 259 images
 examples = [Scene("large", "red", "circle", "top left", "black"),
             Scene("large", "blue", "square", "bottom right", "white"),
             Scene("small", "yellow", "triangle", "center", "gray")]
@@ -264,8 +265,10 @@ plt.show()
 
 # %% [markdown]
 # The scale does its job: the scaled latents have a standard deviation of 1.01. They are not
-# Gaussian, though: a sharp peak near 0 and broad shoulders, and the channels differ (standard
-# deviations from 0.68 to 1.4). The noise schedule only needs the overall size to match.
+# Gaussian, though: most values are piled between about -1.5 and 1.5, higher than the Gaussian
+# there, with thin tails out to $\pm 4$; their mean is -0.16, not 0; and the channels differ
+# (standard deviations from 0.66 to 1.07). The noise schedule only needs the overall size to
+# match.
 #
 # ## 4. What a latent looks like
 #
@@ -297,11 +300,14 @@ fig.suptitle(f"Images and their {example_latents.shape[1]}x{example_latents.shap
 plt.show()
 
 # %% [markdown]
-# The channels keep the layout: the blue square and the yellow triangle sit where they sit in
-# the image, one latent pixel per $8\times8$ block (the red circle on black is fainter, mostly
-# in channel 2). The background sets the level of the whole map: channel 0 is positive all
-# over for black, negative for white, near 0 for gray. Colours are coded as *combinations* of
-# channel values, which is why a latent looks like a strange false-colour thumbnail.
+# The channels keep the layout: all three shapes sit where they sit in the image, one latent
+# pixel per $8\times8$ block. The blue square is the strongest mark (channel 1 up to +4.1),
+# the yellow triangle shows as a dark spot in channel 1 and a bright one in channel 2, and the
+# red circle on black is fainter (positive in channel 2, negative in channels 0 and 3). The
+# background sets the level of the whole map: away from the shape, channel 1 is about +1.1
+# for black, -1.0 for white and +0.3 for gray, and channel 3 is strongly negative (-1.75) only
+# for black. Colours are coded as *combinations* of channel values, which is why a latent looks
+# like a strange false-colour thumbnail.
 #
 # ## 5. Reconstructions
 #
@@ -309,6 +315,7 @@ plt.show()
 # about $[-1, 1]$; `sd.decode` maps it to `uint8`.
 
 # %%
+# ~2-5 s on a 2-core CPU: the first decode call traces the decoder
 originals = images[3:11]  # 8 random scenes
 reconstructed = sd.decode(latents[3:11])  # (8, 64, 64, 3) uint8
 error = np.abs(originals.astype(int) - reconstructed.astype(int))
@@ -320,10 +327,12 @@ show_images(np.concatenate([originals, reconstructed]),
             columns=8, size=1.4)
 
 # %% [markdown]
-# Shapes, colours and positions survive the round trip through 256 numbers (mean error 5.6 of
+# Shapes, colours and positions survive the round trip through 256 numbers (mean error 5.0 of
 # 255 levels). What is lost: sharp edges (everything is slightly blurred, the square's corners
-# rounded), and on gray backgrounds faint coloured ripples appear around the shape (images 1,
-# 2 and 5).
+# rounded), and on gray backgrounds a faint coloured halo appears around the shape (blue
+# around the orange and the yellow circle, images 0 and 5; yellow under the blue triangle,
+# image 2), which is why the gray images have the largest errors (4.5 to 7.1) and the two on
+# black the smallest (2.5 and 4.1).
 #
 # ## 6. A walk through latent space
 #
@@ -346,8 +355,9 @@ show_images(np.concatenate([walk, pixel_blend]),
 # %% [markdown]
 # The ends are reconstructions of the two images. In between, the decoder is asked about
 # latents no image produced, and it answers with its own mixture: up to $w = 0.29$ the red
-# circle on black, then a muddy, patterned gray-purple texture in which neither scene is
-# clear ($w$ = 0.43 to 0.71), then the blue square on white. The pixel blend, below, fades
+# circle on black; at $w$ = 0.43 and 0.57 a muddy, blocky texture (dark green, then
+# pinkish gray) in which both shapes show only faintly; from $w = 0.71$ the blue square on
+# white, with a pale ghost of the circle until $w = 0.86$. The pixel blend, below, fades
 # one image into the other instead. A straight line in latent
 # space is not a path of valid scenes: for that, the diffusion model must take part
 # (chapter 7 interpolates the *noise* and the *prompt* instead).
@@ -383,11 +393,12 @@ print("latent", (1, latents.shape[1], 2 * latents.shape[2], 4), "-> image", wide
 show_images(wide, ["two latents side by side, decoded"], suptitle=sd.weights_source, size=3)
 
 # %% [markdown]
-# Zeros are the mean latent: a flat gray, an average of everything. Noise decodes to orange and
-# purple blotches, not to a scene: the decoder alone cannot invent structure, the UNet's steps
-# do that. And a wide latent gives a wide image (64x128 px), each half still showing its own
-# layout (a faint circle on the left, the square on the right), but with the **colours
-# wrong**: dark red instead of black, purple instead of white. The decoder's GroupNorm layers
+# Zeros are close to the mean latent: a nearly flat gray-purple with a faint frame, an average
+# of everything. Noise decodes to blotches of green, red, orange, blue and purple, not to a
+# scene: the decoder alone cannot invent structure, the UNet's steps do that. And a wide
+# latent gives a wide image (64x128 px), each half still showing its own layout (the red
+# circle on the left, the blue square on the right), but with the **background colours
+# wrong**: green instead of black, salmon pink instead of white. The decoder's GroupNorm layers
 # normalise each channel group over the *whole* map, so each half is normalised with
 # statistics that include the other half's very different background.
 #

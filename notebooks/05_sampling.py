@@ -27,7 +27,7 @@
 # one UNet call takes tens of milliseconds, so we can afford hundreds of them.
 
 # %%
-# ~25 s and ~1 GB on a 2-core CPU (importing TensorFlow, building three models)
+# ~25-36 s and ~0.7 GB on a 2-core CPU (importing TensorFlow, building three models)
 import logging
 
 import matplotlib.pyplot as plt
@@ -121,7 +121,7 @@ show_source(sampler.add_noise)
 # is what Stable Diffusion actually noises, decoding each noisy latent back to pixels.
 
 # %%
-# ~10 s on a 2-core CPU (the first calls of the encoder and decoder trace them)
+# ~10-12 s on a 2-core CPU (the first calls of the encoder and decoder trace them)
 scene = shapes.Scene("large", "red", "circle", "top left", "white")
 image = shapes.render(scene)  # (64, 64, 3) uint8
 timesteps_shown = np.array([0, 100, 250, 400, 600, 800, 999])
@@ -188,6 +188,7 @@ show_source(sampler.ddim_step)
 # with `sampler.ddim_step` (float32 Keras ops).
 
 # %%
+# ~5-10 s on a 2-core CPU (the first UNet call traces the model)
 timesteps = sampler.ddim_timesteps(STEPS)
 t, t_prev = timesteps[0], timesteps[1]
 a_t, a_prev = alphas[t], alphas[t_prev]
@@ -229,10 +230,12 @@ print("x_prev == add_noise(x_0, eps, alpha_t'):",
 #    + s\,\big(\epsilon_\theta(x_t, t, c) - \epsilon_\theta(x_t, t, \varnothing)\big).$$
 #
 # $s = 1$ is the conditional prediction, $s = 0$ ignores the prompt, and $s > 1$ exaggerates
-# whatever the prompt changes: SD's default is 7.5; the tiny track's is 5
-# (`sd.config.guidance_scale`), which measured better on its shapes (at 7.5 its colours start
-# to saturate). Both predictions come from one UNet call on a batch of $2B$, rows
-# `[unconditional; conditional]`; KerasCV makes two calls of batch $B$ instead.
+# whatever the prompt changes: SD's default is 7.5; the tiny track's is 3
+# (`sd.config.guidance_scale`), which measured best on its shapes (`sdlearn evaluate`, on
+# training captions: 93% of the images right in colour, shape, position, background and size
+# at once, against 86% at 5 and 62% at 1, no guidance). Both predictions come from one UNet
+# call on a batch of $2B$, rows `[unconditional; conditional]`; KerasCV makes two calls of
+# batch $B$ instead.
 # The sampler skips the unconditional half when $s = 1$.
 
 # %%
@@ -244,6 +247,7 @@ show_source(sampler.guided_noise)
 # records the batch size of each, around the pipeline's own `sd.unet_call`:
 
 # %%
+# ~10-17 s on a 2-core CPU (20 UNet calls; the first at each batch size traces the model)
 class CountingUNet:
     """Wraps a UNet function; remembers the shape of the latent batch of every call."""
 
@@ -255,7 +259,6 @@ class CountingUNet:
         return self.unet_call(inputs)
 
 
-# ~10 s on a 2-core CPU (20 UNet calls; the first at each batch size traces the model)
 noise = np.random.default_rng(0).standard_normal(latent_shape).astype("float32")
 for scale in (sd.config.guidance_scale, 1.0):
     counter = CountingUNet(sd.unet_call)
@@ -302,7 +305,7 @@ print("invariants hold: 10 steps, each timestep once in decreasing order, each x
       "DDIM step from the last")
 
 # %%
-# ~8 s on a 2-core CPU (decoding at two new batch sizes traces the decoder twice)
+# ~6-8 s on a 2-core CPU (decoding at two new batch sizes traces the decoder twice)
 x_ts = np.concatenate([x_t for _, _, x_t, _ in records])  # (10, h, w, 4)
 x0s = np.concatenate([x0 for _, _, _, x0 in records])
 print("latents per step:", x_ts.shape, " predicted x0 per step:", x0s.shape)
@@ -316,12 +319,13 @@ print("the image the pipeline returned is the last predicted x0, decoded (to 1 o
 
 # %% [markdown]
 # Read the bottom row first: after the very first step, from almost pure noise, the UNet's guess
-# is a pale background with faint blobs; one step later ($t = 888$) it has settled on a red blob
-# and where it goes, and the later steps only sharpen it into a disc. Where it goes is the
-# **bottom** left, although the prompt asks for the top left: with this starting noise (seed 0)
-# the tiny model does not follow the position (section 7 and the "predict" cells show why: from
-# seed 0 even the empty prompt draws a red circle there). The top row is what the sampler actually
-# carries between steps: the predicted image plus a shrinking amount of the same noise.
+# already has a red blob in the top left, on a pale yellowish background; one step later
+# ($t = 888$) it is a red disc on white, and the later steps only sharpen it (a faint green
+# speck below the disc stays to the end). The top row is what the sampler actually carries
+# between steps: the predicted image plus a shrinking amount of the same noise, in which the
+# red disc emerges from $t = 777$ on. (This starting noise makes the position easy: the first
+# "predict" cell below shows that from seed 0 even the empty prompt puts a circle in the top
+# left.)
 
 # %% [markdown]
 # ## 6. Guidance scale against number of steps
@@ -332,7 +336,7 @@ print("the image the pipeline returned is the last predicted x0, decoded (to 1 o
 # moments), so it reports the colour, shape and position a picture shows.
 
 # %%
-# ~10 s on a 2-core CPU (20 images, 230 UNet calls)
+# ~10-12 s on a 2-core CPU (20 images, 230 UNet calls)
 scales = (1.0, 3.0, 5.0, 7.5, 15.0)
 step_counts = (3, 6, 12, 25)
 grid = {}
@@ -365,12 +369,12 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# What the grid shows, for this prompt and seed: with 12 or 25 steps every guidance scale draws
-# the same red circle in the bottom left (not the top left the prompt asks for; see above), the
-# colour more saturated as $s$ grows. With few steps, strong guidance fails: at 3 steps and
-# $s \ge 5$ the circle is pale and the image gets a whitish frame, which the analyser takes for
-# the shape ("yellow square center"). Without guidance ($s = 1$) even 3 steps give a clean,
-# darker red disc. More guidance needs more steps.
+# What the grid shows, for this prompt and seed: all 20 pictures read as a red circle in the
+# top left, as asked. What guidance changes is the rest of the picture. At $s$ = 1 and 3 even
+# 3 steps give a clean disc on white. Stronger guidance with few steps leaves a blotchy
+# background: yellowish at 3 steps and $s \ge 5$, still gray-green at $s = 15$ after 25
+# steps, where the disc also turns pinker and runs downwards. More guidance needs more steps,
+# and on this model it buys nothing here that $s = 3$ does not already give.
 #
 # ## 7. Seeds
 #
@@ -395,9 +399,11 @@ show_images(images, [f"seed {s}: {describe(im)}" for s, im in zip(seeds, images)
                      f"{sd.config.guidance_scale:g})", size=1.8)
 
 # %% [markdown]
-# Left free to choose, the tiny model has favourites: five of the six seeds give a green
-# triangle on a light background, one (seed 3) a red triangle on black, which the analyser reads
-# as a circle (the pale bar under it spoils its moments). The position changes with the seed.
+# Left free to choose, the tiny model draws a triangle from all six seeds, and picks the rest
+# itself: yellow or orange mostly (one blue, seed 4), on white, black or gray, in different
+# places. The analyser reads only three of them as triangles: under the triangles of seeds 0
+# and 3 sits a blue or green bar, which spoils the moments it reads the shape from ("circle"),
+# and seed 4's blue triangle is blurred into an orange smear beside it ("square").
 #
 # ## 8. Negative prompts
 #
@@ -408,28 +414,28 @@ show_images(images, [f"seed {s}: {describe(im)}" for s, im in zip(seeds, images)
 # world we can count what it does: leave the colour open, forbid red, and read the colours back.
 
 # %%
-# ~10 s on a 2-core CPU (16 images, 50 UNet calls of batch 16)
+# ~10-12 s on a 2-core CPU (16 images, 50 UNet calls of batch 16)
 prompt, negative = "a large circle on a black background", "a red circle"
 without = sd.text_to_image(prompt, batch_size=8, num_steps=STEPS, seed=0)  # 8 noises
 with_negative = sd.text_to_image(prompt, negative_prompt=negative, batch_size=8,
                                  num_steps=STEPS, seed=0)  # the same 8 noises
 for name, batch in (("no negative prompt", without), (f"negative '{negative}'", with_negative)):
-    colours = [shapes.analyse(im).colour for im in batch]
-    print(f"{name:26}: {colours}")
+    reads = [shapes.analyse(im) for im in batch]
+    print(f"{name:26}: {[read.colour for read in reads]}")
+    print(f"{'':26}  {[read.shape for read in reads]}")
 show_images(np.concatenate([without, with_negative]),
             [f"sample {i}" for i in range(8)] + [f"sample {i}, neg." for i in range(8)],
             suptitle=f"'{prompt}': without (top) and with (bottom) the negative prompt "
                      f"'{negative}'", columns=8, size=1.4)
 
 # %% [markdown]
-# Here the experiment does **not** show what negative prompts are for. Without the negative
-# prompt, 2 of the 8 samples read as red; with "a red circle" as the negative prompt, still 2 of
-# 8 (samples 0 and 1, now clean orange-red squares, where before samples 1 and 5 were dark red
-# smudges). Note also that the tiny model drew "a large circle on a black background" mostly as
-# green **squares**: it follows the background much better than the shape in this prompt. The
-# negative prompt does change every picture, since it replaces the empty prompt in all guidance
-# steps (the smudges of samples 1, 3 and 5 become clean shapes), but on this small model it is
-# not a reliable "no red" switch. Exercise for the curious: try other negative prompts, and count.
+# The count is clear. Left to choose the colour, the tiny model makes 7 of the 8 circles red
+# (and the eighth orange). With "a red circle" as the negative prompt, none of the 8 is red:
+# 5 are blue and 3 yellow, from the same 8 noises, and every one is still a circle on black,
+# as the prompt asks. The negative prompt pushed the samples away from red without
+# undoing the rest of the prompt. (The red ones are a little angular, rounded octagons more
+# than discs; the analyser still reads all 16 pictures as circles.) Exercise for the curious:
+# try other negative prompts, and count.
 #
 # ## 9. A second sampler: Euler on Karras noise levels
 #
@@ -491,8 +497,8 @@ show_images(np.stack(comparison), titles, columns=3, size=1.8,
             suptitle=f"DDIM (top) and Euler-Karras (bottom) from the same noise, '{PROMPT}'")
 
 # %% [markdown]
-# From this noise both samplers draw the same red circle in the top left; at 5 steps both leave
-# a faint ghost in the bottom left, gone at 10. On this small model the two step rules, which
+# From this noise both samplers draw the same red circle in the top left, already at 5 steps,
+# and the six pictures are hard to tell apart. On this small model the two step rules, which
 # only place their steps differently, give pictures that differ in details only.
 #
 # ## Predict, then run
@@ -510,9 +516,10 @@ print("the empty prompt's image, to within 2 of 255 levels:",
       np.abs(zero_guidance.astype(int) - empty_prompt).max() <= 2)
 
 # %% [markdown]
-# Guidance 0 gives exactly the empty prompt's image, and from seed 0 the empty prompt already
-# draws a red circle in the bottom left: this starting noise leads there whatever the prompt,
-# which is why the filmstrip above put the "top left" circle in the bottom left.
+# Guidance 0 gives exactly the empty prompt's image, and it is not what the prompt asks for:
+# from seed 0 the empty prompt draws a *purple* circle in the top left (on black, not white).
+# The top-left position is this starting noise's own choice; the red colour and the white
+# background of the pictures above came from the prompt, through guidance.
 #
 # 2. `ddim_timesteps(1)` is `[0]`: a single step at $t = 0$, where the UNet expects an almost
 #    clean latent. What comes out of a one-step sampler started from pure noise?
@@ -534,14 +541,15 @@ print("1 step reads as:", describe(one_step[0]),
 noise = np.random.default_rng(0).standard_normal(latent_shape).astype("float32")
 weak = sd.text_to_image(PROMPT, num_steps=STEPS, noise=0.5 * noise)
 strong = sd.text_to_image(PROMPT, num_steps=STEPS, noise=noise)
+print("noise x 1 reads as:", describe(strong[0]), "| noise x 0.5:", describe(weak[0]))
 show_images(np.concatenate([strong, weak]), ["noise x 1", "noise x 0.5"], size=1.8,
             suptitle="The same noise at its proper scale and at half of it")
 
 # %% [markdown]
-# It does not fall apart here: half the noise still gives a clean red disc, but in another place
-# (the top left, where the prompt wants it, instead of the bottom left) and a little smaller. The
-# sampler is a deterministic map from $x_T$ to an image, and scaling $x_T$ moves it to another
-# picture; with the tiny model, the weaker noise left more room for the prompt.
+# It does not fall apart here: half the noise still gives a clean red disc in the top left,
+# almost the same picture (the faint green speck under the disc is gone). The sampler is a
+# deterministic map from $x_T$ to an image, and scaling $x_T$ could move it to another
+# picture; with this noise and the tiny model, the prompt decides nearly everything anyway.
 #
 # ## Exercises
 #

@@ -25,7 +25,7 @@
 # default; with `SDLEARN_TRACK=sd-v1` every cell works the same but takes minutes per image).
 
 # %%
-# ~25 s and ~1 GB on a 2-core CPU (importing TensorFlow, building the models)
+# ~25-45 s and ~0.7 GB on a 2-core CPU (importing TensorFlow, building the models)
 import io
 import logging
 import tempfile
@@ -91,6 +91,7 @@ for strength in strengths:
 # autoencoder round trip on its own, which is what strength 0 returns:
 
 # %%
+# ~5-10 s on a 2-core CPU (the first calls of the encoder and decoder trace them)
 scene = shapes.Scene("large", "red", "circle", "top left", "white")
 image = shapes.render(scene)  # (64, 64, 3) uint8
 x0 = sd.image_encoder.predict_on_batch(image[None].astype("float32") / 127.5 - 1)
@@ -105,7 +106,7 @@ print(f"mean |round trip - input| = {np.abs(round_trip[0].astype(int) - image).m
 # everything. Same seed everywhere, so the noise is the same in every picture.
 
 # %%
-# ~20 s on a 2-core CPU (12 images, 150 UNet calls)
+# ~20-30 s on a 2-core CPU (12 images, 150 UNet calls)
 prompts = ("a large blue circle in the top left on a white background",
            "a small green triangle in the bottom right on a black background")
 strip, titles = [], []
@@ -120,14 +121,15 @@ show_images(np.stack(strip), titles, columns=len(strengths), size=1.7,
 
 
 # %% [markdown]
-# Strength 0 returns the round trip through the autoencoder. What changes first depends on the
-# prompt. Towards the blue circle (same shape and place), the colour flips already at strength
-# 0.2 and the circle stays where it was up to 1.0. Towards the small green triangle in the
-# bottom right on black, the *shape* goes first: at 0.2 and 0.4 the model draws a red
-# triangle in the top left, on the input's white background; at 0.6 it is caught between the
-# two (a muddy picture); from 0.8 on the input is forgotten and the prompt wins entirely.
-# Position and background are carried by the large-scale structure of the noisy latent, so
-# they need the most noise, and the most steps, to change.
+# Strength 0 returns the round trip through the autoencoder. The *shape* changes first.
+# Towards the small green triangle in the bottom right on black, at 0.2 and 0.4 the model
+# already draws a triangle, but a red one in the top left, on the input's white background;
+# from 0.6 on the input is forgotten and the prompt wins entirely (a green triangle in the
+# bottom right on black). Towards the blue circle (same shape and place), the colour holds
+# longer: still red at 0.2 and 0.4, purple at 0.6, blue from 0.8, and the circle stays where
+# it was all the way to 1.0. Colour, position and background are carried by the large-scale
+# structure of the noisy latent, so they need more noise, and more steps, to change; the
+# outline of the shape is a finer detail, redrawn by the last few steps.
 
 # %% [markdown]
 # ## 2. Prompt interpolation
@@ -172,7 +174,7 @@ FRAMES = 8
 
 def generate(contexts, noises):
     """Images (N, H, W, 3) for contexts (N, 77, D) and starting noises (N, h, w, 4),
-    sampled FRAMES at a time with DDIM and the track's guidance scale (5 for tiny)."""
+    sampled FRAMES at a time with DDIM and the track's guidance scale (3 for tiny)."""
     images = []
     for i in range(0, len(contexts), FRAMES):
         latents = sampler.sample(sd.unet_call, noises[i:i + FRAMES],
@@ -192,13 +194,14 @@ for name, mix in (("lerp", lerp), ("slerp", slerp)):
     print(f"{name:5}: |c(w)| / |c_a| from w = 0 to 1:", np.round(norms, 3))
 
 # %% [markdown]
-# The tiny model's two contexts are 77 degrees apart: its small text encoder (chapter 2) gives
+# The tiny model's two contexts are 70 degrees apart: its small text encoder (chapter 2) gives
 # different prompts quite different vectors. So the linear path cuts well inside the sphere:
-# halfway, the context is only 0.79 as long as either end, while slerp keeps the length. Here
+# in the middle of the walk the context is only 0.83 as long as either end, while slerp keeps
+# the length. Here
 # is the walk from one prompt to the other, from the same starting noise:
 
 # %%
-# ~15 s on a 2-core CPU (16 images, 50 UNet calls of batch 16; the first traces the UNet)
+# ~15-35 s on a 2-core CPU (16 images, 50 UNet calls of batch 16; the first traces the UNet)
 noise = np.random.default_rng(1).standard_normal((1, latent_side, latent_side, 4))
 noises = np.repeat(noise, FRAMES, axis=0).astype("float32")  # the same noise for every frame
 prompt_walk = {name: generate(np.stack([mix(c_a, c_b, w) for w in weights]), noises)
@@ -212,10 +215,12 @@ show_images(np.concatenate([prompt_walk["lerp"], prompt_walk["slerp"]]),
                      "interpolation of the contexts", columns=FRAMES, size=1.4)
 
 # %% [markdown]
-# Both walks change the colour gradually (red, purple, blue) but not the place smoothly: the
-# shape takes a detour through the bottom left, then jumps to the bottom right. The two paths
-# differ in the middle (lerp's purple square stays in the bottom left at $w = 0.43$, slerp's is
-# in the center), by up to 217 of 255 levels in some pixel; both end at the same blue square.
+# Neither walk is gradual: both keep the red circle in the top left up to $w = 0.43$, then
+# jump, and from $w = 0.71$ on both show the blue square in the bottom right. Only the frame
+# between differs visibly: at $w = 0.57$ lerp draws a purple-blue square near the top right,
+# slerp one in the bottom left (the walks differ by up to 205 of 255 levels in some pixel).
+# The tiny model treats these prompts as one or the other, with at most a frame of something
+# else in between.
 #
 # ## 3. Noise interpolation
 #
@@ -241,7 +246,7 @@ ax.legend()
 plt.show()
 
 # %%
-# ~8 s on a 2-core CPU (16 images, 50 UNet calls of batch 16)
+# ~8-14 s on a 2-core CPU (16 images, 50 UNet calls of batch 16)
 prompt = "a large circle on a black background"  # colour and position left to the noise
 context = np.repeat(sd.encode_text(prompt), FRAMES, axis=0)
 noise_walk = {}
@@ -257,12 +262,15 @@ for name, images in noise_walk.items():
 
 
 # %% [markdown]
-# (The tiny model draws this "circle on a black background" as a green *square*; chapter 5 saw
-# the same.) The linear walk's middle frames start from noise that is too weak, and the
-# sampler, a deterministic map from the starting noise, takes them somewhere else: at
-# $w$ = 0.57 to 0.86 the lerp frames jump to a red square in the top left (their pixel standard
-# deviation jumps from 32 to 43), a picture neither end shows. The slerp frames stay ordinary
-# samples along the way: the green square slides a little and comes back.
+# Both ends are red circles in the center (drawn a little angular): a small one from seed 10,
+# a larger one from seed 11. Here the too-weak noise in the middle of the linear walk does no
+# visible harm: the lerp frames stay in the center and the circle grows steadily (pixel
+# standard deviation from 30 to 43). The slerp frames, each a proper $\mathcal N(0, I)$ sample,
+# are ordinary samples of the prompt, and three of them are elsewhere: at $w$ = 0.43 to 0.71 the
+# circle jumps to the top left, then comes back to the center. So with this pair of seeds the
+# linear walk looks smoother, though its middle frames start from noise the sampler never
+# expects; which one looks better depends on the seeds, while only slerp keeps every frame
+# a valid starting noise.
 
 # %% [markdown]
 # ## 4. Latent walks as GIFs
@@ -307,7 +315,7 @@ def show_strip(frames, labels, title, columns=8):
 out_dir = Path(tempfile.mkdtemp(prefix="sdlearn_ch07_"))  # somewhere to write the GIFs
 
 # %%
-# ~10 s on a 2-core CPU (16 frames, 50 UNet calls of batch 16)
+# ~10-12 s on a 2-core CPU (16 frames, 50 UNet calls of batch 16)
 corners = ("top left", "top right", "bottom right", "bottom left")
 corner_contexts = [sd.encode_text(f"a red circle in the {c} on a white background")[0]
                    for c in corners]
@@ -330,9 +338,9 @@ show_strip(prompt_loop, labels, "Prompt loop: 'a red circle in the <corner> on a
 
 # %% [markdown]
 # The circle goes round the four corners, but it **jumps** rather than slides: the in-between
-# contexts give one corner or the next (on the first edge the switch comes between +0.25 and
-# +0.50), never a position in between. The tiny model learned five positions, not a continuous
-# coordinate.
+# contexts give one corner or the next (on the first edge the switch comes between +0.50 and
+# +0.75, on the second between +0.25 and +0.50), never a position in between. The tiny model
+# learned five positions, not a continuous coordinate.
 
 # %%
 # ~10 s on a 2-core CPU (16 frames, 50 UNet calls of batch 16)
@@ -353,9 +361,10 @@ show_strip(noise_loop, [f"phi={np.degrees(p):.0f} deg" for p in phis],
            f"Noise loop: '{prompt}', cos(phi) noise_a + sin(phi) noise_b")
 
 # %% [markdown]
-# The noise loop passes through a few different samples (a green square in the center, a red
-# square from 112 to 180 degrees, green squares in other places) and closes: the last frame
-# leads back to the first.
+# The noise loop passes through a few different samples, all red or orange circles on black:
+# a small one in the center (0 and 22 degrees), one in the top left (45 and 68), a larger one
+# in the center (90 and 112), an orange one in the top right (135 to 292), and back to the
+# center (315 and 338), and it closes: the last frame leads back to the first.
 
 # %% [markdown]
 # To keep the GIFs, copy them out of the temporary folder (`out_dir`) or save them straight to
@@ -392,6 +401,7 @@ print("identical:", np.array_equal(from_image, from_text))
 #    (purple is a colour it knows), a red one, a blue one, or something else?
 
 # %%
+# ~3-5 s on a 2-core CPU (8 images, 25 UNet calls of batch 16)
 c_red = sd.encode_text("a large red circle in the center on a white background")[0]
 c_blue = sd.encode_text("a large blue circle in the center on a white background")[0]
 halfway = generate(np.repeat(lerp(c_red, c_blue, 0.5)[None], FRAMES, axis=0),
@@ -400,8 +410,10 @@ halfway = generate(np.repeat(lerp(c_red, c_blue, 0.5)[None], FRAMES, axis=0),
 print("the halfway context, 8 seeds:", [shapes.analyse(im).colour for im in halfway])
 
 # %% [markdown]
-# All eight read as purple: halfway between "red" and "blue" in context space, the tiny model
-# draws the colour that lies between them, one it knows from its own captions.
+# Five of the eight read as blue and three as purple, none as red: halfway between "red" and
+# "blue" in context space, the tiny model sometimes draws the colour that lies between them
+# (one it knows from its own captions), but more often it picks the blue end. The middle of
+# the contexts is not the middle of what the model draws.
 
 # %% [markdown]
 # ## Exercises
