@@ -348,8 +348,10 @@ assert not mismatches
 # %% [markdown]
 # All identical. (`tests/test_tokenizer.py` compares many more, including random byte strings.)
 # The tiny track reads its shapes captions through this same tokenizer, so a caption such as
-# "a small blue triangle" is only 6 tokens followed by 71 padding tokens. That is why the
-# tiny model's text encoder can be small, but the input is still `(B, 77)`.
+# "a small blue triangle" is only 6 tokens followed by 71 padding tokens. When the tiny model
+# draws, its text encoder still takes `(B, 77)`, like SD's. Its training (chapter 6) feeds it
+# only the first 14 positions, up to the longest caption's end token: attention is causal, so
+# the outputs at those positions are the same as with all 77, for a fifth of the cost.
 #
 # ## Predict, then run
 #

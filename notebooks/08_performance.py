@@ -329,7 +329,7 @@ print(f"tiny UNet, random weights: {unet.count_params():,} parameters; a call of
 # First, agreement: the graph and the XLA program must compute what the eager model computes.
 
 # %%
-# 20-35 s on a 2-core CPU: a second UNet with the same weights as a graph; XLA (batch 2)
+# 20-45 s on a 2-core CPU: a second UNet with the same weights as a graph; XLA (batch 2)
 eager = ops.convert_to_numpy(unet(inputs))
 graph_unet = UNet(TINY.unet)
 graph_unet.set_weights(unet.get_weights())
@@ -419,8 +419,8 @@ print(f"saved by batching: {saved:.0%}")
 # %% [markdown]
 # The same numbers to float32 rounding (a matrix multiply blocks a batch of 2 differently from a
 # batch of 1, and guidance multiplies the difference by up to $2s + 1$). For the tiny model,
-# where $t_0$ is most of a call, batching saved between a quarter and a half in the runs made
-# for this chapter. For SD v1 at 256 px on this CPU the A/B measurement in section 8 found
+# where $t_0$ is most of a call, batching saved between a quarter and three quarters in the
+# runs made for this chapter (on a shared machine a slow neighbour can inflate either side). For SD v1 at 256 px on this CPU the A/B measurement in section 8 found
 # 6%: $t_0$ is small next to 3 seconds of arithmetic.
 #
 # ## 5. The whole loop as one program
@@ -437,7 +437,7 @@ print(f"saved by batching: {saved:.0%}")
 show_source(fast.CompiledDDIM)
 
 # %%
-# 25-45 s on a 2-core CPU: compiling the 10-step loop (once)
+# 25-50 s on a 2-core CPU: compiling the 10-step loop (once)
 noise = rng.standard_normal((1, side, side, 4)).astype("float32")
 loops = {}  # keeps the compiled loop for the timing below
 python_loop = sampler.sample(unet.predict_on_batch, noise, context, unconditional, 10, 7.5)
