@@ -292,7 +292,7 @@ def image_tower(embedding_dim):
 
 
 class CLIPTrainer(keras.Model):
-    """{tokens (B, 77), images (B, 64, 64, 3)} -> similarity logits (B images, B captions).
+    """{tokens (B, T <= 77), images (B, 64, 64, 3)} -> similarity logits (B images, B captions).
 
     The caption's vector is the text encoder's output at its end token (CLIP's pooling: with
     causal attention it is the first position that has read the whole caption), projected to
@@ -312,7 +312,7 @@ class CLIPTrainer(keras.Model):
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
     def call(self, batch):
-        context = self.text_encoder(batch["tokens"])  # (B, 77, D)
+        context = self.text_encoder(batch["tokens"])  # (B, T, D)
         end = ops.argmax(batch["tokens"], axis=-1)  # the end token has the largest id (49407)
         pooled = ops.take_along_axis(context, end[:, None, None], axis=1)[:, 0]  # (B, D)
         text = ops.normalize(self.text_projection(pooled), axis=-1)  # (B, E)
