@@ -562,9 +562,10 @@ def run(stage="all", quick=False, output_dir="sdlearn-tiny",
 def run_stage(name, data, plan, checkpoint_dir, seed, strategy, fit_options):
     """Train one stage (or read back its summary if it finished in an earlier session)."""
     stage_dir = checkpoint_dir / name
-    if (stage_dir / "summary.json").exists():
+    finished = finished_summary(stage_dir)
+    if finished is not None:
         print(f"Stage {name}: already trained in {stage_dir}")
-        return json.loads((stage_dir / "summary.json").read_text())
+        return finished
     stage_dir.mkdir(exist_ok=True)
     print(f"Stage {name}: {plan.stage(name)}")
     started = time.perf_counter()
@@ -573,22 +574,29 @@ def run_stage(name, data, plan, checkpoint_dir, seed, strategy, fit_options):
         result = STAGE_FUNCTIONS[name](data, plan, checkpoint_dir, seed, fit_options)
     result.update(seconds=round(time.perf_counter() - started, 1),
                   settings=dataclasses.asdict(plan.stage(name)))
-    (stage_dir / "summary.json").write_text(json.dumps(result, indent=2))
+    # Written last and atomically: its presence is what marks the stage as finished.
+    text = json.dumps(result, indent=2)
+    atomic_write(stage_dir / "summary.json", lambda tmp: Path(tmp).write_text(text))
     return result
+
+
+def finished_summary(stage_dir):
+    """The summary of the stage finished in ``stage_dir``, or None if it has not finished."""
+    path = Path(stage_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _trained(checkpoint_dir, name):
     """Stage ``name``'s weight files, summary and loss log: this run's, else the shipped."""
     stage_dir = Path(checkpoint_dir) / name
-    if (stage_dir / "summary.json").exists():
-        summary = json.loads((stage_dir / "summary.json").read_text())
+    summary = finished_summary(stage_dir)
+    if summary is not None:
         return ({m: stage_dir / MODEL_FILES[m] for m in STAGE_MODELS[name]}, summary,
                 stage_dir / "log.csv")
     print(f"  using the shipped {name} ({SHIPPED_DIR})")
-    manifest = json.loads((SHIPPED_DIR / MANIFEST).read_text())
     paths = tiny_weights()
-    return ({m: paths[m] for m in STAGE_MODELS[name]}, manifest["training"]["stages"][name],
-            SHIPPED_DIR / f"{name}_log.csv")
+    return ({m: paths[m] for m in STAGE_MODELS[name]},
+            tiny_manifest()["training"]["stages"][name], SHIPPED_DIR / f"{name}_log.csv")
 
 
 def train_autoencoder(data, plan, checkpoint_dir, seed, fit_options):
