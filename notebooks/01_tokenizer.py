@@ -351,7 +351,8 @@ assert not mismatches
 # "a small blue triangle" is only 6 tokens followed by 71 padding tokens. When the tiny model
 # draws, its text encoder still takes `(B, 77)`, like SD's. Its training (chapter 6) feeds it
 # only the first 14 positions, up to the longest caption's end token: attention is causal, so
-# the outputs at those positions are the same as with all 77, for a fifth of the cost.
+# the outputs at those positions are the same as with all 77, from a fifth of the tokens
+# (a training step takes half the time: 259 ms instead of 533).
 #
 # ## Predict, then run
 #

@@ -88,7 +88,8 @@ show_source(train.AutoencoderTrainer.compute_loss)
 # scored with a cross-entropy along each row (which caption?) and each column (which image?).
 # (Training feeds it only the first 14 of the 77 token positions, up to the longest caption's
 # end token: attention is causal, so the end token's vector never sees the padding after it,
-# and the shorter input costs a fifth as much.)
+# and a step on the shorter input takes half the time: 259 ms instead of 533 on 2 cores,
+# the image tower's share being the same.)
 
 # %%
 show_source(train.CLIPTrainer)
