@@ -9,7 +9,8 @@ temporary folder: the notebook itself is not touched. The wall time, which inclu
 the kernel and importing TensorFlow, is what a learner waits for with "Run all". It goes into
 book/notebook_times.json with the date, the machine and the hash of the notebook's .py source
 (the page flags a time measured on an older version of the chapter), and the CPU time of the
-run (nbconvert and its kernel, all threads), which does not grow when the machine is busy.
+run (nbconvert and its kernel, all threads), which does not grow when the machine is busy,
+and the three slowest code cells (nbclient's per-cell timestamps), to show where the time goes.
 """
 
 import datetime
@@ -41,6 +42,21 @@ def machine():
     return f"{model}, {os.cpu_count()} cores, {platform.system()}, Python {platform.python_version()}"
 
 
+def slowest_cells(executed, count=3):
+    """[[cell index, seconds, its first line], ...] of the ``count`` slowest code cells of an
+    executed notebook, from the start/end timestamps nbclient records in each cell's metadata."""
+    cells = json.loads(executed.read_text())["cells"]
+    timed = []
+    for index, cell in enumerate(cells):
+        stamps = cell.get("metadata", {}).get("execution", {})
+        if cell["cell_type"] == "code" and "iopub.execute_input" in stamps:
+            start, end = (datetime.datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
+                          for k in ("iopub.execute_input", "shell.execute_reply"))
+            first_line = "".join(cell["source"]).strip().split("\n")[0][:80]
+            timed.append([index, round((end - start).total_seconds(), 1), first_line])
+    return sorted(timed, key=lambda row: -row[1])[:count]
+
+
 def main(paths):
     notebooks = [Path(p).resolve() for p in paths] or sorted(
         (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -54,10 +70,12 @@ def main(paths):
             start = time.perf_counter()
             subprocess.run([str(ROOT / ".venv" / "bin" / "jupyter"), "nbconvert", "--to",
                             "notebook", "--execute", "--ExecutePreprocessor.timeout=1800",
+                            "--ExecutePreprocessor.record_timing=True",
                             "--output-dir", out, str(notebook)],
                            check=True, env={**os.environ, **ENV}, capture_output=True)
             seconds = time.perf_counter() - start
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            slowest = slowest_cells(Path(out) / notebook.name)
         # CPU time of nbconvert and its kernel (all threads): what the run costs whatever else
         # the machine is doing; the wall time grows when other programs share the cores.
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -67,9 +85,11 @@ def main(paths):
             "date": datetime.date.today().isoformat(),
             "load_average_before": round(load, 2),
             "source_sha256": source_hash(notebook),
+            "slowest_cells": slowest,
         }
         print(f"{notebook.name}: {seconds:.0f} s wall, {cpu:.0f} s CPU "
-              f"(load average before: {load:.1f})")
+              f"(load average before: {load:.1f}); slowest cells: "
+              + ", ".join(f"#{index} {cell_seconds:.0f} s" for index, cell_seconds, _ in slowest))
         TIMES.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 

@@ -128,6 +128,24 @@ def test_annotated_split_keeps_every_line(name):
             assert f"{'def' if isinstance(node, ast.FunctionDef) else 'class'} {node.name}" in code
 
 
+def test_slowest_cells_read_from_nbclient_timestamps(tmp_path):
+    sys.path.insert(0, str(BOOK))
+    from time_notebooks import slowest_cells
+
+    def cell(kind, source, start=None, end=None):
+        stamps = {"iopub.execute_input": start, "shell.execute_reply": end} if start else {}
+        return {"cell_type": kind, "source": source, "metadata": {"execution": stamps}}
+
+    t = "2026-12-02T01:00:{:02d}.500000Z".format
+    executed = tmp_path / "nb.ipynb"
+    executed.write_text(json.dumps({"cells": [
+        cell("markdown", "# Title"), cell("code", ["# ~3 s: fast\n", "x = 1"], t(0), t(3)),
+        cell("code", "# ~40 s: slow\ny = 2", t(3), t(43)), cell("code", "z = 3", t(43), t(44)),
+        cell("code", "never run")]}))
+    assert slowest_cells(executed, count=2) == [[2, 40.0, "# ~40 s: slow"],
+                                                [1, 3.0, "# ~3 s: fast"]]
+
+
 def test_annotated_notes_become_markdown():
     note = ["The noise eps_theta(x_t, t, c) on (B, H*W, C) tokens, a *cumulative* product,",
             "a <colour> word, math $\\epsilon_\\theta$ and ``code<x>``::", "",

@@ -169,15 +169,15 @@ class NotebookTimes(MarkdownDirective):
         sys.path.insert(0, str(Path(self.env.srcdir)))
         from time_notebooks import source_hash
 
-        lines = ["| chapter | wall time | CPU time | measured on | load before |",
-                 "|---|---|---|---|---|"]
+        lines = ["| chapter | wall time | CPU time | measured on | load before | slowest cell |",
+                 "|---|---|---|---|---|---|"]
         total = total_cpu = 0.0
         for number, stem, _ in chapters(root):
             entry, notebook = times.get(stem), root / "notebooks" / f"{stem}.ipynb"
             if not notebook.exists():
-                lines.append(f"| {number} `{stem}` | (no notebook yet) | | | |")
+                lines.append(f"| {number} `{stem}` | (no notebook yet) | | | | |")
             elif not entry:
-                lines.append(f"| {number} `{stem}` | not measured yet | | | |")
+                lines.append(f"| {number} `{stem}` | not measured yet | | | | |")
             else:
                 total += entry["seconds"]
                 changed = entry.get("source_sha256") != source_hash(notebook)
@@ -186,12 +186,21 @@ class NotebookTimes(MarkdownDirective):
                 total_cpu += cpu or 0.0
                 lines.append(f"| {number} `{stem}` | {_duration(entry['seconds'])}{note} | "
                              f"{_duration(cpu) if cpu else ''} | {entry['date']} | "
-                             f"{entry.get('load_average_before', '')} |")
+                             f"{entry.get('load_average_before', '')} | "
+                             f"{_slowest(entry.get('slowest_cells'))} |")
         lines.append(f"| **all measured chapters** | **{_duration(total)}** | "
-                     f"**{_duration(total_cpu)}** | | |")
+                     f"**{_duration(total_cpu)}** | | | |")
         if data.get("machine"):
             lines += ["", f"Measured with `{data['command']}` on: {data['machine']}."]
         return [self.parse("\n".join(lines), nodes.container(classes=["notebook-times"]))]
+
+
+def _slowest(cells):
+    """The slowest cell of a measurement: its seconds and first line (a comment or code)."""
+    if not cells:
+        return ""
+    _, seconds, first_line = cells[0]
+    return f"{_duration(seconds)}: `{first_line.lstrip('# ').replace('|', '/')}`"
 
 
 def _duration(seconds):
