@@ -50,9 +50,11 @@ class TinyModel:
     What ``sdlearn.pipeline.StableDiffusion("tiny")`` runs (the same sampler, the same
     compiled model calls), except that the latent scale comes from the weights' manifest, so
     the output of any training run can be evaluated, not only the shipped one.
+    ``jit_compile=False`` runs plain graphs: slower calls, but no XLA compiling (seconds per
+    model and input shape), which wins for a few dozen images.
     """
 
-    def __init__(self, directory=None):
+    def __init__(self, directory=None, jit_compile=True):
         from sdlearn.train import tiny_config, tiny_manifest, tiny_weights
 
         paths = tiny_weights(directory)  # checks every file's SHA-256
@@ -60,9 +62,9 @@ class TinyModel:
         self.text_encoder = TextEncoder(self.config.text_encoder)
         self.unet = UNet(self.config.unet)
         self.decoder = Decoder(self.config.vae)
-        for name in ("text_encoder", "unet", "decoder"):  # as the pipeline: XLA-compiled
+        for name in ("text_encoder", "unet", "decoder"):  # as the pipeline: XLA by default
             getattr(self, name).load_weights(paths[name])
-            getattr(self, name).compile(jit_compile=True)
+            getattr(self, name).compile(jit_compile=jit_compile)
         self.tokenizer = Tokenizer()
         self.unconditional_context = self.encode([""])  # (1, 77, D): the empty prompt
 

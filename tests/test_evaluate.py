@@ -62,6 +62,17 @@ def test_images_do_not_depend_on_the_batch(model):
     np.testing.assert_allclose(together[1].astype(int), alone[0].astype(int), atol=2)
 
 
+def test_graph_mode_draws_what_xla_draws(model):
+    # jit_compile=False (chapter 6 uses it to skip XLA compiling) runs the same weights as
+    # plain graphs: only float32 rounding differs, a pixel level or two after 10 steps.
+    prompts = ["a red circle in the top left on a white background"]
+    graph = evaluate.TinyModel(jit_compile=False)
+    assert not graph.unet.jit_compile and model.unet.jit_compile
+    np.testing.assert_allclose(graph.generate(prompts, seeds=[3], num_steps=10).astype(int),
+                               model.generate(prompts, seeds=[3], num_steps=10).astype(int),
+                               atol=2)
+
+
 def test_markdown_table(result):
     table = evaluate.markdown_table(result, {"seen": 48, "held-out": 48})
     lines = table.splitlines()
