@@ -26,8 +26,8 @@
 #    works.
 #
 # This chapter reads the training code, runs it in its QUICK mode (20 steps per stage: every
-# code path, in about 100 s on an idle 2-core CPU, but far too few steps to learn to draw),
-# then looks at the shipped model that the FULL plan produced: its numbers, its pictures, and
+# code path, in about two minutes on an idle 2-core CPU, but far too few steps to learn to
+# draw), then looks at the shipped model that the FULL plan produced: its numbers, its pictures, and
 # its measured prompt adherence.
 
 # %%
@@ -109,8 +109,9 @@ show_source(train.DiffusionTrainer)
 # Keras reports it).
 
 # %%
-# ~100 s on an idle 2-core CPU (autoencoder ~23 s, CLIP ~8 s, UNet ~60 s), ~280 s when
-# shared with other jobs; ~2.3 GB peak memory (printed below): three stages of 20 steps each
+# ~100-125 s on an idle 2-core CPU (autoencoder ~30 s, CLIP ~11 s, UNet ~65 s), ~250 s when
+# shared with other jobs; ~2.3 GB peak memory (printed below): three stages of 20 steps each,
+# most of the time spent tracing each stage's training step into a TensorFlow graph
 import shutil
 import tempfile
 import time
@@ -246,10 +247,12 @@ plt.show()
 # captions are "seen" (colour, shape, position) combinations, half are held out of training.
 
 # %%
-# ~30-40 s on an idle 2-core CPU, ~105 s shared with other jobs: building and compiling the
-# shipped model (XLA, most of the time), then 48 images with 25 guided DDIM steps
+# ~25 s on an idle 2-core CPU, ~60 s shared with other jobs: building the shipped model, then
+# 48 images with 25 guided DDIM steps. Plain graphs, not XLA: compiling would cost more than
+# it saves on 48 images (`sdlearn evaluate` compiles; both draw the same images to a pixel
+# level or two, a test checks it)
 guidance = evaluate.DEFAULT_GUIDANCE  # 3 for the tiny model (sdlearn/config.py says why)
-shipped_model = evaluate.TinyModel()  # the shipped weights, SHA-256 checked
+shipped_model = evaluate.TinyModel(jit_compile=False)  # the shipped weights, SHA-256 checked
 result = evaluate.evaluate(shipped_model, num_seen=24, num_held_out=24,
                            guidance_scales=(guidance,), num_steps=25)
 print(evaluate.markdown_table(result, {"seen": 24, "held-out": 24}))
@@ -289,9 +292,8 @@ show_images(pictures, titles, columns=6, size=2.5,
 #
 # The QUICK model can draw too: `evaluate.TinyModel(folder / "out")` loads any training
 # output, with its own latent scale from its manifest, and `.generate(captions, seeds)` draws
-# with it. This notebook leaves that out to stay within its time budget (compiling a second
-# model for a few pictures costs about 45 s on 2 cores); when earlier versions of this
-# chapter drew them, the QUICK model's pictures were coloured noise: same code, 20 steps
+# with it. This notebook leaves that out to stay within its time budget; when earlier
+# versions of this chapter drew them, the QUICK model's pictures were coloured noise: same code, 20 steps
 # instead of thousands.
 #
 # ## The full run, on your machine
