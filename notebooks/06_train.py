@@ -27,8 +27,8 @@
 #
 # This chapter reads the training code, runs it in its QUICK mode (20 steps per stage: every
 # code path, in about two minutes on an idle 2-core CPU, but far too few steps to learn to
-# draw), then looks at the shipped model that the FULL plan produced: its numbers, its pictures, and
-# its measured prompt adherence.
+# draw), then looks at the shipped model that the FULL plan produced: its numbers, its
+# pictures, and its measured prompt adherence.
 
 # %%
 # ~8 s and ~650 MB on a 2-core CPU: importing TensorFlow (through sdlearn)
@@ -293,8 +293,8 @@ show_images(pictures, titles, columns=6, size=2.5,
 # The QUICK model can draw too: `evaluate.TinyModel(folder / "out")` loads any training
 # output, with its own latent scale from its manifest, and `.generate(captions, seeds)` draws
 # with it. This notebook leaves that out to stay within its time budget; when earlier
-# versions of this chapter drew them, the QUICK model's pictures were coloured noise: same code, 20 steps
-# instead of thousands.
+# versions of this chapter drew them, the QUICK model's pictures were coloured noise: same
+# code, 20 steps instead of thousands.
 #
 # ## The full run, on your machine
 #
