@@ -674,12 +674,12 @@ def table_rows(section):
 
 
 side_by_side = results.split("### Side by side")[1].split("\n### ")[0]
-header, sbs = table_rows(side_by_side)
+_, sbs = table_rows(side_by_side)
 print(re.search(r"Command \(([^)]*)", side_by_side).group(1).replace("\n", " "))
-columns = [0, 3, 4, 5, 6, 7, 8]  # of RESULTS.md's table, under shorter names:
-names = ["", "256 px step s", "GFLOP/s (% mm)", "512 px image s", "decode s", "GFLOP/s (% mm)",
-         "peak RSS GB"]
-print("\n" + " | ".join(f"{name:>14}" for name in names))
+columns = [0, 3, 4, 5, 6, 7, 8]  # of RESULTS.md's table, under shorter labels:
+labels = ["", "256 px step s", "GFLOP/s (% mm)", "512 px image s", "decode s",
+          "GFLOP/s (% mm)", "peak RSS GB"]
+print("\n" + " | ".join(f"{label:>14}" for label in labels))
 for row in sbs:
     print(" | ".join(f"{row[c]:>14}" for c in columns))
 print("(% mm: the share of the float32 matmul rate the same process measured next to it)")
@@ -688,12 +688,12 @@ print("\nreproduce with:", re.search(r"\n    (python benchmarks/benchmark\.py[^\
 
 # %%
 fig, (left, right) = plt.subplots(1, 2, figsize=(11, 2.8))
-names = [row[0] for row in sbs]
+implementations = [row[0] for row in sbs]
 for ax, column, label, title in (
         (left, 5, "seconds per 512 px image (20 steps)", "Time per image"),
         (right, 8, "peak resident memory (GB)", "Peak memory of the generation")):
     values = [float(row[column]) for row in sbs]
-    bars = ax.barh(names, values, color=plt.cm.tab10(range(len(names))))
+    bars = ax.barh(implementations, values, color=plt.cm.tab10(range(len(sbs))))
     ax.bar_label(bars, [f"{v:g}" for v in values], padding=3, fontsize=8)
     ax.set_xlim(0, max(values) * 1.25)
     ax.invert_yaxis()
