@@ -20,12 +20,14 @@ the best matmul rate of that window (``timed``). Two tasks:
   best of ``--decode-repeats``. Reported: time per image, decode time and FLOP/s, peak RSS.
 
 Implementations (``--implementations``, comma-separated; one missing is skipped with a note):
-    sdlearn           the readable path: XLA per model, one UNet call of 2B per step, Python loop
+    sdlearn           the defaults: XLA per model, one UNet call of 2B per step, Python loop,
+                      blocked attention (sdlearn.layers.ATTENTION = "blocked")
+    sdlearn-einsum    the same with the einsum attention the course reads (all heads at once)
     sdlearn-2calls    the same with KerasCV's two UNet calls of B per step
     sdlearn-loop      the whole DDIM loop compiled as one XLA program (sdlearn.fast.CompiledDDIM)
     sdlearn-eager     no XLA (Keras's default graph or eager execution)
     sdlearn-bf16      mixed_bfloat16; sdlearn-fp16: mixed_float16
-    sdlearn-fused     attention through keras.ops.dot_product_attention
+    sdlearn-fused     attention through keras.ops.dot_product_attention (ATTENTION = "fused")
     sdlearn-fast      loop + fused attention + mixed_bfloat16 (the GPU configuration)
     kerascv           KerasCV 0.9 as it runs itself: XLA, two UNet calls per step (TF backend)
     diffusers         diffusers' UNet2DConditionModel + AutoencoderKL + transformers' CLIP text
@@ -112,8 +114,9 @@ SDLEARN_VARIANTS = {
     "sdlearn-eager": {"jit_compile": False},
     "sdlearn-bf16": {"dtype_policy": "mixed_bfloat16"},
     "sdlearn-fp16": {"dtype_policy": "mixed_float16"},
-    "sdlearn-fused": {"fused_attention": True},
-    "sdlearn-fast": {"compiled_loop": True, "fused_attention": True,
+    "sdlearn-einsum": {"attention": "einsum"},
+    "sdlearn-fused": {"attention": "fused"},
+    "sdlearn-fast": {"compiled_loop": True, "attention": "fused",
                      "dtype_policy": "mixed_bfloat16"},
 }
 
@@ -127,7 +130,7 @@ def run_sdlearn(args, variant):
     from sdlearn.pipeline import StableDiffusion
 
     options = dict(SDLEARN_VARIANTS[variant])
-    layers.FUSED_ATTENTION = options.pop("fused_attention", False)
+    layers.ATTENTION = options.pop("attention", layers.ATTENTION)
     a = keras.random.normal((2048, 3072), seed=0)
     b = keras.random.normal((3072, 3072), seed=1)
     matmul = lambda: ops.convert_to_numpy(ops.matmul(a, b)[0, 0])  # noqa: E731

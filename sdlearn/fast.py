@@ -14,7 +14,9 @@ one computes the same numbers as the plain float32 path:
     the whole loop as one program     StableDiffusion(compiled_loop=True)          same math, ~1e-6
     half precision                    StableDiffusion(dtype_policy=                ~1e-2 of the
                                       "mixed_bfloat16" or "mixed_float16")         output's scale
-    fused attention kernel            sdlearn.layers.FUSED_ATTENTION = True        same math, ~1e-6
+    attention in cache-sized blocks   sdlearn.layers.ATTENTION = "blocked"         same math, ~1e-7
+                                      (default); "einsum": all heads at once
+    fused attention kernel            sdlearn.layers.ATTENTION = "fused"           same math, ~1e-6
 
 Where the time goes. One guided step at 512 px is two UNet passes of 0.803 TFLOP; almost all of
 it is convolutions and matrix multiplies. A CPU's float32 matrix multiply is the ceiling: a

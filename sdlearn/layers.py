@@ -10,13 +10,24 @@ import keras
 from keras import ops
 
 
-# The attention switch (a fast path, see sdlearn/fast.py). False: the einsums below, which the
-# course reads and whose weights it plots. True: the backend's fused kernel,
-# ``keras.ops.dot_product_attention``: on a GPU (JAX: cuDNN flash attention; PyTorch: SDPA) it
-# never writes the (Tq, Tk) score matrix to memory, which at 64x64 latents is 4096 x 4096 per
-# head. The TensorFlow backend has no fused kernel and runs the same einsums. Set it before a
-# model's first call: a compiled model keeps the attention it was traced with.
-FUSED_ATTENTION = False
+# The attention switch (a fast path, see sdlearn/fast.py), read when a model is called or traced
+# (a compiled model keeps the attention it was traced with, so set it before the first call):
+#   "einsum"   the formula as written, all heads at once: what the course reads and plots.
+#   "blocked"  the same formula one head and one block of queries at a time, so each block of
+#              scores stays in the CPU's cache (the default; benchmarks/attention.py on the
+#              course's CPU, XLA: SD's 64x64 self-attention in 0.93 s instead of 2.2 s).
+#   "fused"    the backend's kernel, ``keras.ops.dot_product_attention``: on a GPU (JAX: cuDNN
+#              flash attention; PyTorch: SDPA) it never writes the score matrix to memory. The
+#              TensorFlow backend has no fused kernel and runs the einsums.
+ATTENTION = "blocked"
+ATTENTION_KERNELS = ("einsum", "blocked", "fused")
+
+# "blocked" leaves a head's (Tq, Tk) scores whole up to this size: splitting them saves nothing
+# there (measured on the course's CPU: 256 x 256 no faster split, 512 x 512 twice as fast).
+BLOCKED_ABOVE = 2 ** 17
+# Scores per block: 2**20 float32 values, 4 MB, about one core's share of this CPU's caches
+# (512 KB L2 + half of a 32 MB L3). At 4096 keys that is 256 queries per block.
+BLOCK_SCORES = 2 ** 20
 
 
 def attention_weights(q, k, causal=False):
@@ -37,17 +48,64 @@ def attention_weights(q, k, causal=False):
     return ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), q.dtype)
 
 
-def attention(q, k, v, causal=False, fused=None):
+def einsum_attention(q, k, v, causal=False):
+    """softmax(q k^T / sqrt(d)) v, all heads at once: (B, Tq, heads, d) -> (B, Tq, heads, d)."""
+    return ops.einsum("bhqk,bkhd->bqhd", attention_weights(q, k, causal), v)
+
+
+def blocked_attention(q, k, v, rows):
+    """``einsum_attention``, one head and ``rows`` queries at a time (``rows`` divides Tq).
+
+    q: (B, Tq, heads, d), k and v: (B, Tk, heads, d) -> (B, Tq, heads, d), the same numbers.
+    All heads at once, SD's 64x64 level writes 2 x 8 score matrices of 4096 x 4096 (1.07 GB
+    in float32) and the softmax reads and writes them several times (max, exp, sum, divide),
+    each time through main memory; a (rows, Tk) block stays in the cache for all of those.
+    Each query's row of scores only involves that query, so the blocks are independent.
+    """
+    _, tq, heads, d = q.shape
+    def by_head(x):  # (B, T, heads, d) -> (B * heads, T, 1, d): one head per batch entry
+        return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, x.shape[1], 1, d))
+    keys, values = by_head(k), by_head(v)
+    blocks = ops.reshape(by_head(q), (-1, rows, 1, d))  # (B * heads * Tq/rows, rows, 1, d)
+    head = ops.arange(ops.shape(blocks)[0]) // (tq // rows)  # the head of each block
+
+    def one_block(block):
+        queries, h = block  # (rows, 1, d), which head
+        return einsum_attention(queries[None], keys[h][None], values[h][None])[0]
+
+    out = ops.map(one_block, (blocks, head))  # (B * heads * Tq/rows, rows, 1, d)
+    out = ops.reshape(out, (-1, heads, tq, d))  # (B, heads, Tq, d)
+    return ops.transpose(out, (0, 2, 1, 3))
+
+
+def query_block(tq, tk):
+    """Queries per block of "blocked" attention, or None where a head's scores stay whole.
+
+    The largest divisor of Tq that keeps a block at BLOCK_SCORES scores: 256 for SD's 4096 x
+    4096 self-attention, all 4096 queries (one head at a time) against the prompt's 77 keys.
+    None below BLOCKED_ABOVE, and when a length is unknown (None) at trace time.
+    """
+    if not (tq and tk) or tq * tk <= BLOCKED_ABOVE:
+        return None
+    return next(n for n in range(min(tq, max(1, BLOCK_SCORES // tk)), 0, -1) if tq % n == 0)
+
+
+def attention(q, k, v, causal=False, kernel=None):
     """Scaled dot-product attention: each query's output is a weighted mean of the values.
 
     q: (B, Tq, heads, d), k and v: (B, Tk, heads, d) -> (B, Tq, heads, d).
-    ``fused`` (default: the module's ``FUSED_ATTENTION``) hands the same computation to the
-    backend's kernel, which takes the same (B, T, heads, d) layout and the same causal mask
-    (``is_causal``: query i sees keys 0..i); the VAE's attention is the one-head case.
+    ``kernel`` (default: the module's ``ATTENTION``) chooses how it is computed; all three give
+    the same numbers. The fused kernel takes the same (B, T, heads, d) layout and the same
+    causal mask (``is_causal``: query i sees keys 0..i); the VAE's attention is the one-head
+    case. "blocked" keeps causal attention whole: the text encoder's 77 x 77 scores are small.
     """
-    if FUSED_ATTENTION if fused is None else fused:
+    kernel = ATTENTION if kernel is None else kernel
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel must be one of {ATTENTION_KERNELS}, got {kernel!r}")
+    if kernel == "fused":
         return ops.dot_product_attention(q, k, v, is_causal=causal)
-    return ops.einsum("bhqk,bkhd->bqhd", attention_weights(q, k, causal), v)
+    rows = None if kernel == "einsum" or causal else query_block(q.shape[1], k.shape[1])
+    return einsum_attention(q, k, v, causal) if rows is None else blocked_attention(q, k, v, rows)
 
 
 class Composite(keras.layers.Layer):

@@ -39,35 +39,79 @@ def unet_inputs(batch=2, size=8, seed=0):
             rng.standard_normal((batch, 77, TEST.unet.context_dim)).astype("float32")]
 
 
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Block the toy models' 64-pixel attention too (SD's thresholds only block >= 512 x 512),
+    and count the blocked calls."""
+    monkeypatch.setattr(layers, "BLOCKED_ABOVE", 64)
+    monkeypatch.setattr(layers, "BLOCK_SCORES", 256)
+    calls = []
+    blocked = layers.blocked_attention
+    monkeypatch.setattr(layers, "blocked_attention",
+                        lambda q, k, v, rows: calls.append(rows) or blocked(q, k, v, rows))
+    return calls
+
+
+@pytest.mark.parametrize("kernel", ["blocked", "fused"])
 @pytest.mark.parametrize("causal, heads, tq, tk", [(False, 4, 64, 77), (True, 4, 77, 77),
-                                                   (False, 1, 64, 64)])
-def test_fused_attention_equals_the_einsums(causal, heads, tq, tk):
+                                                   (False, 1, 64, 64), (False, 2, 12, 20)])
+def test_attention_kernels_equal_the_einsums(small_blocks, kernel, causal, heads, tq, tk):
     rng = np.random.default_rng(1)
     q = rng.standard_normal((2, tq, heads, 8)).astype("float32")
     k, v = (rng.standard_normal((2, tk, heads, 8)).astype("float32") for _ in range(2))
-    plain = layers.attention(q, k, v, causal=causal, fused=False)
-    fused = layers.attention(q, k, v, causal=causal, fused=True)
-    np.testing.assert_allclose(fused, plain, rtol=0, atol=1e-6)
+    plain = layers.attention(q, k, v, causal=causal, kernel="einsum")
+    got = layers.attention(q, k, v, causal=causal, kernel=kernel)
+    np.testing.assert_allclose(got, plain, rtol=0, atol=1e-6)
+    # Blocks of at most BLOCK_SCORES = 256 scores: 64 queries x 77 keys in blocks of 2 rows.
+    expected = [] if kernel == "fused" or causal else [{77: 2, 64: 4, 20: 12}[tk]]
+    assert small_blocks == expected
 
 
-def test_fused_attention_switch_in_all_three_models(unet, monkeypatch):
+@pytest.mark.parametrize("tq, tk, rows", [
+    (4096, 4096, 256),  # SD's 64x64 level: 256 x 4096 scores = 2**20 per block
+    (4096, 77, 4096),   # cross-attention: one head at a time, all queries
+    (512, 512, 512), (1000, 4096, 250),  # the largest divisor of Tq under the block size
+    (8, 2 ** 21, 1),    # more keys than a block holds: one query at a time
+    (256, 256, None), (64, 77, None),  # small enough whole (the tiny model)
+    (None, 77, None)])  # length unknown when traced
+def test_query_block(tq, tk, rows):
+    assert layers.query_block(tq, tk) == rows
+
+
+def test_unknown_attention_kernel_is_named():
+    q = np.zeros((1, 4, 1, 8), "float32")
+    with pytest.raises(ValueError, match=r"one of \('einsum', 'blocked', 'fused'\), got 'flash'"):
+        layers.attention(q, q, q, kernel="flash")
+
+
+@pytest.mark.parametrize("kernel", ["blocked", "fused"])
+def test_attention_switch_in_all_three_models(unet, small_blocks, monkeypatch, kernel):
+    monkeypatch.setattr(layers, "BLOCK_SCORES", 2048)  # 2-4 blocks per head: eager loops are slow
     keras.utils.set_random_seed(1)
     text_encoder, decoder = TextEncoder(TEST.text_encoder), Decoder(TEST.vae)
     tokens = np.random.default_rng(2).integers(0, 49408, (2, 77)).astype("int32")
     latent = np.random.default_rng(3).standard_normal((1, 8, 8, 4)).astype("float32")
     calls = {"text": lambda: text_encoder(tokens), "unet": lambda: unet(unet_inputs()),
              "decoder": lambda: decoder(latent)}
-    plain = {name: ops.convert_to_numpy(f()) for name, f in calls.items()}  # eager: reads the flag
-    monkeypatch.setattr(layers, "FUSED_ATTENTION", True)
+    monkeypatch.setattr(layers, "ATTENTION", "einsum")  # eager calls read the switch each time
+    plain = {name: ops.convert_to_numpy(f()) for name, f in calls.items()}
+    assert small_blocks == []
+    monkeypatch.setattr(layers, "ATTENTION", kernel)
     for name, f in calls.items():
         np.testing.assert_allclose(ops.convert_to_numpy(f()), plain[name], **FLOAT32,
                                    err_msg=name)
+    assert bool(small_blocks) == (kernel == "blocked")  # the UNet's and the decoder's
 
 
-def test_xla_equals_eager(unet):
-    unet.compile(jit_compile=True)
+def test_xla_with_blocked_attention_equals_eager_einsums(unet, small_blocks, monkeypatch):
+    monkeypatch.setattr(layers, "BLOCK_SCORES", 2048)
+    monkeypatch.setattr(layers, "ATTENTION", "einsum")
     inputs = unet_inputs()
-    np.testing.assert_allclose(unet.predict_on_batch(inputs), unet(inputs), **FLOAT32)
+    eager = ops.convert_to_numpy(unet(inputs))
+    monkeypatch.setattr(layers, "ATTENTION", "blocked")  # read when XLA traces the model
+    unet.compile(jit_compile=True)  # the loop over blocks becomes an XLA while loop
+    np.testing.assert_allclose(unet.predict_on_batch(inputs), eager, **FLOAT32)
+    assert small_blocks
 
 
 def test_two_guidance_calls_equal_one_batched_call(unet):
