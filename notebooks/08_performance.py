@@ -23,7 +23,7 @@
 # | guidance as ONE UNet call of batch $2B$ | `batched_guidance=True` (the default); `False` is KerasCV's two calls of $B$ |
 # | the whole sampling loop as one program | `compiled_loop=True` |
 # | half precision | `dtype_policy="mixed_bfloat16"` or `"mixed_float16"` |
-# | a fused attention kernel | `sdlearn.layers.FUSED_ATTENTION = True` |
+# | attention in cache-sized blocks, or a fused kernel | `sdlearn.layers.ATTENTION = "blocked"` (the default), `"fused"`; `"einsum"` is the formula as written |
 #
 # The demonstrations run the **tiny** model's architecture with **random weights**: speed and
 # agreement do not depend on what the weights have learned, and nothing here is a picture.
@@ -541,17 +541,19 @@ for d, r in dtype_rates.items():
 # runs made for this chapter, between half and the whole of float32's rate, depending on the
 # load). The half-precision switches exist for the GPU; on a CPU keep float32.
 #
-# ## 7. Fused attention
+# ## 7. Attention: in blocks, and fused
 #
 # sdlearn's attention writes out what chapter 3 explained: the scores
-# $S = QK^\top/\sqrt d$, a softmax over each row, then $SV$. With
-# `FUSED_ATTENTION = True` it hands the same computation to the backend's kernel instead:
+# $S = QK^\top/\sqrt d$, a softmax over each row, then $SV$. One setting,
+# `sdlearn.layers.ATTENTION`, chooses how that is computed: `"einsum"`, as written, all heads
+# at once (what chapters 3 and 5 read and plot); `"blocked"`, the same einsums one head and one
+# block of queries at a time (the default); `"fused"`, the backend's own kernel:
 
 # %%
 show_source(layers.attention)
 
 # %% [markdown]
-# The readable version materialises $S$, a $(B, h, T_q, T_k)$ tensor. At SD's first level
+# The einsum version materialises $S$, a $(B, h, T_q, T_k)$ tensor. At SD's first level
 # that is big:
 
 # %%
@@ -562,12 +564,85 @@ for s in (64, 32, 16):
     print(f"  {s}x{s} latent level, T = {tokens:>4}: {values:>11,} values = "
           f"{4 * values / 2**20:7.1f} MiB in float32, {2 * values / 2**20:6.1f} MiB in 16 bits")
 
+# %% [markdown]
+# A gigabyte at 64x64, in each of the five transformers there, at every step, and not just
+# written once: the softmax reads the scores for each row's maximum, again for the sum of
+# the exponentials, writes the probabilities, and the second einsum reads those back. A
+# gigabyte is 250 times the 4 MB of cache one core of this CPU has (512 KB of L2 and its half
+# of a 32 MB L3), so every one of those passes goes to main memory, and the cores wait for it.
+#
+# ### Blocked: the same einsums, in pieces that fit in the cache
+#
+# Row $i$ of $S$ involves query $i$ and all the keys, and nothing else: the rows can be
+# computed in any grouping. `blocked_attention` runs `einsum_attention` on one head and `rows`
+# queries at a time, a loop (`keras.ops.map`) that XLA compiles into one program. With 256
+# queries against 4096 keys a block of scores is $256 \times 4096 \times 4$ bytes = 4 MB:
+# it is still in the cache when the softmax comes back to it, and when the second einsum
+# reads it.
+
+# %%
+show_source(layers.blocked_attention)
+show_source(layers.query_block)
+for name, (tq, tk) in {"64x64 self": (4096, 4096), "64x64 cross": (4096, 77),
+                       "32x32 self": (1024, 1024), "16x16 self": (256, 256),
+                       "tiny model, 8x8 self": (64, 64)}.items():
+    print(f"{name:>21}: query_block({tq}, {tk}) = {layers.query_block(tq, tk)}")
+
 
 # %% [markdown]
-# A gigabyte written and read back by each of the five transformers at 64x64, at every step.
-# A fused ("flash") kernel (Dao et al., 2022) never writes $S$: it walks over
-# the keys in blocks, keeping for each query a running maximum $m$, a running sum $\ell$ of
-# the exponentials and a running output $o$. When a block of scores $s_j$ arrives,
+# Nothing else changes: each score is the same dot product, each row's softmax the same sum
+# over the same keys, so the result is the same, not just close. The tiny model's attention is
+# small enough whole (`query_block` is None), so chapters 0 to 7 never took this path. To see
+# it work we compile both kernels on the attention of SD's 32x32 level (batch 2, 1024 pixels,
+# 8 heads of 80): a model of one operation, compiled with XLA like the UNet in section 3.
+
+# %%
+class Attention(keras.Model):
+    """One attention call as a Keras model, so that it compiles like the UNet."""
+
+    def __init__(self, kernel):
+        super().__init__()
+        self.kernel = kernel
+
+    def call(self, qkv):
+        return layers.attention(*qkv, kernel=self.kernel)
+
+
+# ~10 s and ~0.3 GB on a 2-core CPU: three compilations, then timed calls
+qkv = [rng.standard_normal((2, 1024, 8, 80)).astype("float32") for _ in range(3)]
+attention_models = {kernel: Attention(kernel) for kernel in layers.ATTENTION_KERNELS}
+attention_out = {}
+for kernel, model in attention_models.items():
+    model.compile(jit_compile=True)
+    attention_out[kernel] = model.predict_on_batch(qkv)
+for kernel in ("blocked", "fused"):
+    print(f"{kernel} vs einsum, compiled: max |difference| "
+          f"{at_most(np.abs(attention_out[kernel] - attention_out['einsum']).max())}")
+
+# %% tags=["nbval-ignore-output"]
+attention_times = {kernel: best_time(lambda m=model: m.predict_on_batch(qkv), 5)[1]
+                   for kernel, model in attention_models.items()}
+for kernel, seconds in attention_times.items():
+    print(f"{kernel:>8}: {seconds * 1e3:5.1f} ms")
+
+# %% [markdown]
+# `benchmarks/attention.py` times the three kernels on every attention shape of a 512 px step,
+# including the 64x64 level that is too heavy to run here (2 GB of scores, seconds per call).
+# Its run for `benchmarks/RESULTS.md`:
+
+# %%
+results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+attention_section = results.split("### Attention kernels")[1].split("\n#")[0]
+print(attention_section.split("\n", 1)[1].strip())  # without the rest of the heading line
+
+
+# %% [markdown]
+# ### Fused: never write the scores at all
+#
+# A fused ("flash") kernel (Dao et al., 2022) goes further: it never writes $S$, not even a
+# block of it. It walks over the keys in blocks, keeping for each query a running maximum
+# $m$, a running sum $\ell$ of the exponentials and a running output $o$. When a block of
+# scores $s_j$ arrives,
 #
 # $$m' = \max(m, \max_j s_j), \qquad
 #   \ell' = \ell\, e^{m - m'} + \sum_j e^{s_j - m'}, \qquad
@@ -604,30 +679,20 @@ print(f"blocks of 64 keys vs the full softmax: max |difference| "
 # %% [markdown]
 # The FLOPs are the same; the memory needed drops from $O(T^2)$ to $O(T d)$ per head. On a GPU
 # under JAX, `keras.ops.dot_product_attention` runs cuDNN's fused kernel; under PyTorch, SDPA.
-# The TensorFlow backend used here has no fused kernel: it computes the same two einsums and
-# softmax, so on this CPU the switch changes neither the numbers (beyond rounding) nor the
-# time (beyond the noise of a shared machine). Checking both on an attention of SD's 256 px
-# shape (batch 2, 1024 pixels, 8 heads of 40):
+# The TensorFlow backend used here has no fused kernel: it computes the same einsums and
+# softmax, all heads at once, which is why `"fused"` timed like `"einsum"` above. On a GPU the
+# blocked loop is the wrong choice (it runs the blocks one after another on a chip made to run
+# thousands of things at once): there, use `"fused"`. The switch in a whole model, the tiny
+# UNet in eager mode (which reads `ATTENTION` at every call):
 
 # %%
-# ~3 s on a 2-core CPU
-q, k, v = (rng.standard_normal((2, 1024, 8, 40)).astype("float32") for _ in range(3))
-plain = ops.convert_to_numpy(layers.attention(q, k, v, fused=False))
-fused = ops.convert_to_numpy(layers.attention(q, k, v, fused=True))
-print(f"fused vs einsum attention: max |difference| {at_most(np.abs(fused - plain).max())}")
-layers.FUSED_ATTENTION = True  # read at call time by eager models, at trace time by compiled ones
+layers.ATTENTION = "fused"
 try:
     fused_unet = ops.convert_to_numpy(unet(inputs))
 finally:
-    layers.FUSED_ATTENTION = False
-print("tiny UNet, FUSED_ATTENTION = True: max |difference| "
+    layers.ATTENTION = "blocked"
+print('tiny UNet, ATTENTION = "fused": max |difference| '
       f"{at_most(np.abs(fused_unet - eager).max())}")
-
-# %% tags=["nbval-ignore-output"]
-attention_times = {name: best_time(lambda f=f: ops.convert_to_numpy(
-    layers.attention(q, k, v, fused=f)), 5)[1] for name, f in (("einsums", False), ("fused", True))}
-for name, seconds in attention_times.items():
-    print(f"{name:>8}: {seconds * 1e3:.1f} ms")
 
 # %% [markdown]
 # ## All the measured times of this notebook
@@ -652,6 +717,7 @@ ax.set_ylabel("what was timed")
 ax.legend(fontsize=8, loc="lower right")
 plt.show()
 
+
 # %% [markdown]
 # ## 8. Full size: Stable Diffusion v1 against KerasCV and diffusers
 #
@@ -663,9 +729,6 @@ plt.show()
 # in its own process, one after the other, random weights, float32.
 
 # %%
-results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
-
-
 def table_rows(section):
     """The rows of the first markdown table in ``section``, as lists of cell strings."""
     rows = [[cell.strip() for cell in line.strip("|").split("|")]
@@ -704,18 +767,19 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# At 512 px the three are within 13% of each other per image: the arithmetic is the same and
-# all three run it at most of the matrix-multiply rate. diffusers is the fastest and the
-# smallest here; the likely reason (RESULTS.md discusses it) is attention: at the 64x64
-# level PyTorch's CPU attention never holds the whole $4096 \times 4096$ score matrix per
-# head, which sdlearn's einsums (section 7) and KerasCV's do, and sdlearn's one call of batch
-# 2 holds it for both halves of the guidance batch at once.
+# At 512 px sdlearn is the fastest of the three per image (20% faster than KerasCV, 8% faster
+# than diffusers) and needs less memory than KerasCV; at 256 px its guided step and KerasCV's
+# run at the same share of the matmul rate. The difference at 512 px is section 7's blocked
+# attention: the same file records the earlier run of the same day with the einsums, where
+# sdlearn took 459 s and 7.9 GB per image, slower than diffusers (423 s) and heavier than
+# KerasCV (7.1 GB). At 256 px there are 1,024 tokens, not 4,096: the scores are 16 times
+# smaller and the arithmetic dominates either way.
 #
 # The side-by-side run times each implementation minutes apart; on a virtual machine the rate
 # of the cores drifts by tens of percent in that time (the matmul ranges in RESULTS.md). The
 # interleaved A/B below removes that: sdlearn's UNet and KerasCV's, with the same weights,
 # both under XLA, taking turns in one process so that both see the same load (measured
-# earlier, on a **shared** machine).
+# earlier, with the einsum attention, on a **shared** machine).
 
 # %%
 section = results.split("### Interleaved A/B")[1].split("\n#")[0]
@@ -750,8 +814,9 @@ plt.show()
 # idle machine (the project's design measurements) the matmul reaches 129 to 141 GFLOP/s and
 # KerasCV's guided step 105 to 120, i.e. 80 to 88% of it. Put differently: on this CPU a
 # 512 px image with 50 steps cannot take much less than the ten minutes section 1 computed,
-# in sdlearn or anywhere else, and the fast paths of sections 5 to 7 have little left to
-# win here.
+# in sdlearn or anywhere else. The fast paths of sections 5 and 6 have little left to win
+# here; section 7's blocked attention wins at 512 px because the einsum attention there was
+# not arithmetic but memory traffic.
 #
 # ### The GPU row is still open
 #
@@ -780,13 +845,14 @@ print("2. on the GPU machine, with .whl carried along:\n" + device_call)
 # | one call of $2B$ | to float32 rounding | saves the per-call overhead $t_0$: large for tiny, a few % at full size | GPUs, small batches |
 # | compiled loop | to float32 rounding | saves the Python between steps | GPUs (steps of milliseconds) |
 # | bfloat16 / float16 | to ~1e-2 of the scale | no faster (no half arithmetic) | GPUs with tensor cores |
+# | blocked attention (the default) | the same numbers (0 difference measured) | SD's 64x64 attention 2.4x faster (`benchmarks/attention.py`) | CPUs, large images |
 # | fused attention | to ~1e-6 | no change (TensorFlow has no fused kernel) | GPUs, large images |
 #
-# Turning everything on is one constructor and one flag:
+# Turning everything on for a GPU is one constructor and one setting:
 #
 # ```python
 # import sdlearn.layers
-# sdlearn.layers.FUSED_ATTENTION = True  # before building: compiled models keep what they traced
+# sdlearn.layers.ATTENTION = "fused"  # on a GPU; before building: compiled models keep what they traced
 # sd = StableDiffusion("sd-v1", compiled_loop=True, dtype_policy="mixed_bfloat16")
 # ```
 #

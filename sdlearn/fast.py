@@ -29,8 +29,9 @@ loop hands each step's result back to the host) are worth removing too: that is 
 compiled loop and mixed precision are for.
 
 Measured on the course's CPU (2 cores, AMD EPYC Zen 3, float32; benchmarks/RESULTS.md): with
-XLA, sdlearn's UNet runs as fast as KerasCV's (one call of 2B or two of B: within a few
-percent), at or above the rate of a plain float32 matmul, so the CPU has little left to give;
+XLA, sdlearn's UNet runs as fast as KerasCV's at 256 px (one call of 2B or two of B: within a
+few percent), near the rate of a plain float32 matmul; at 512 px blocked attention makes a
+whole image 20% faster than KerasCV's (attention at 64x64 is memory-bound, not arithmetic);
 the compiled loop saves only the milliseconds of Python between 3-second steps, and half
 precision gains nothing: the CPU has AVX2 and F16C but no bf16 or fp16 arithmetic, so half
 values are widened to float32 for every product (measured: half matmuls no faster).

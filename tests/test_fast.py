@@ -67,6 +67,24 @@ def test_attention_kernels_equal_the_einsums(small_blocks, kernel, causal, heads
     assert small_blocks == expected
 
 
+def test_blocked_attention_has_the_same_gradients(small_blocks):
+    """Training through the blocked loop (TensorFlow's while loop) learns what the einsums do."""
+    import tensorflow as tf  # the test backend; model code itself never imports it
+
+    rng = np.random.default_rng(4)
+    q, k, v = (tf.Variable(rng.standard_normal((2, 64, 2, 8)).astype("float32"))
+               for _ in range(3))
+    target = rng.standard_normal((2, 64, 2, 8)).astype("float32")
+    grads = {}
+    for kernel in ("einsum", "blocked"):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum((layers.attention(q, k, v, kernel=kernel) - target) ** 2)
+        grads[kernel] = [g.numpy() for g in tape.gradient(loss, [q, k, v])]
+    for name, got, want in zip("qkv", grads["blocked"], grads["einsum"]):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4, err_msg=name)
+    assert small_blocks == [4]
+
+
 @pytest.mark.parametrize("tq, tk, rows", [
     (4096, 4096, 256),  # SD's 64x64 level: 256 x 4096 scores = 2**20 per block
     (4096, 77, 4096),   # cross-attention: one head at a time, all queries
