@@ -83,9 +83,10 @@ def query_block(tq, tk):
 
     The largest divisor of Tq that keeps a block at BLOCK_SCORES scores: 256 for SD's 4096 x
     4096 self-attention, all 4096 queries (one head at a time) against the prompt's 77 keys.
-    None below BLOCKED_ABOVE, and when a length is unknown (None) at trace time.
+    None below BLOCKED_ABOVE, and when a length is unknown when the model is traced (None on
+    TensorFlow, a symbolic dimension on JAX: any length the model will be called with).
     """
-    if not (tq and tk) or tq * tk <= BLOCKED_ABOVE:
+    if not (isinstance(tq, int) and isinstance(tk, int)) or tq * tk <= BLOCKED_ABOVE:
         return None
     return next(n for n in range(min(tq, max(1, BLOCK_SCORES // tk)), 0, -1) if tq % n == 0)
 

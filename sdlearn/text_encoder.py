@@ -31,7 +31,7 @@ class TokenAndPositionEmbedding(Composite):
         self.max_length = config.max_length
 
     def call(self, tokens):
-        if tokens.shape[1] is not None and tokens.shape[1] > self.max_length:
+        if isinstance(tokens.shape[1], int) and tokens.shape[1] > self.max_length:  # known length
             raise ValueError(f"got {tokens.shape[1]} tokens per prompt; this text encoder has "
                              f"{self.max_length} positions, so at most {self.max_length}")
         positions = ops.arange(ops.shape(tokens)[1])  # (77,): 0, 1, ..., 76
