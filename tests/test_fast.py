@@ -227,3 +227,28 @@ def test_benchmark_table_states_ratios_to_the_matmul_rate():
     # 2 UNet passes of 0.180 TFLOP in 3 s: 120 GFLOP/s, 80% of 150.
     assert "| sdlearn | Keras | 140-160 | 3.00 | 120.0 (80%) |" in table[2]
     assert len(table) == 3 and notes == ["- kerascv: skipped, not installed (keras_cv)"]
+
+
+def test_readme_performance_table_is_the_measured_one():
+    """README's side-by-side table repeats benchmarks/RESULTS.md's; a rerun must update both."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    results = (root / "benchmarks" / "RESULTS.md").read_text()
+    section = results.split("### Side by side")[1].split("\n### ")[0]
+    measured = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and cells[0] in ("sdlearn", "kerascv", "diffusers"):
+            share = lambda cell: re.search(r"\((\d+)%\)", cell).group(1)  # noqa: E731
+            measured[cells[0]] = [cells[3], share(cells[4]), cells[5], cells[6],
+                                  share(cells[7]), cells[8]]
+    readme = (root / "README.md").read_text().split("## Performance")[1].split("\n## ")[0]
+    shown = {}
+    for line in readme.splitlines():
+        if line.startswith("| ") and not line.startswith("| implementation"):
+            name = line.split("|")[1].split()[0].lower()
+            shown[name] = re.findall(r"(\d+(?:\.\d+)?)(?: s| GB|%)", line)
+    assert set(measured) == {"sdlearn", "kerascv", "diffusers"}
+    assert shown == measured
