@@ -11,7 +11,8 @@ largest difference from the einsums. Random inputs: the numbers are speed.
 
 import argparse
 import os
-import time
+
+from benchmark import best_time  # the sibling script's timer (this folder is on sys.path)
 
 SHAPES = {  # name: (batch, queries, keys, heads, head size)
     "UNet 64x64 self": (2, 4096, 4096, 8, 40),
@@ -29,6 +30,7 @@ def compiled(fn):
         import jax
         return jax.jit(fn)
     import tensorflow as tf
+    tf.get_logger().setLevel("ERROR")  # one function per shape and kernel is the plan, not retracing
     return tf.function(fn, jit_compile=True)
 
 
@@ -55,12 +57,8 @@ def main():
         for kernel in layers.ATTENTION_KERNELS:
             fn = compiled(lambda q, k, v, kernel=kernel: layers.attention(q, k, v, kernel=kernel))
             outputs[kernel] = ops.convert_to_numpy(fn(q, k, v))  # warm-up: compiles
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                ops.convert_to_numpy(fn(q, k, v))
-                times.append(time.perf_counter() - start)
-            cells.append(f"{min(times) * 1e3:.0f} ms")
+            best, _ = best_time(lambda: ops.convert_to_numpy(fn(q, k, v)), args.repeats)
+            cells.append(f"{best * 1e3:.0f} ms")
         diff = max(np.abs(out - outputs["einsum"]).max() for out in outputs.values())
         print(f"| {name} {(b, tq, tk, heads, d)} | {' | '.join(cells)} "
               f"| {layers.query_block(tq, tk)} | {diff:.1e} |", flush=True)
