@@ -26,8 +26,9 @@ for kernel in ("einsum", "blocked"):
     if kernel == "einsum":
         weights = {name: getattr(sd, name).get_weights()
                    for name in ("text_encoder", "unet", "decoder")}
-    for name, values in weights.items():
-        getattr(sd, name).set_weights(values)
+    else:  # the einsum pipeline's weights
+        for name, values in weights.items():
+            getattr(sd, name).set_weights(values)
     images[kernel] = sd.text_to_image("a red circle", num_steps=2, seed=0).astype(int)
 assert images["einsum"].shape == (1, 64, 64, 3), images["einsum"].shape
 print("max pixel difference", np.abs(images["blocked"] - images["einsum"]).max())
