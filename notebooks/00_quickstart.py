@@ -24,7 +24,7 @@
 # ## Three lines
 
 # %%
-# ~25-35 s, ~0.8 GB on a 2-core CPU: imports Keras/TensorFlow, builds the three models, then
+# ~10-35 s, ~0.8 GB on a 2-core CPU: imports Keras/TensorFlow, builds the three models, then
 # generates (the first call of each model at a new shape traces it into a graph)
 from sdlearn.course import load_pipeline
 
@@ -57,7 +57,7 @@ show_images(images, ["a large red circle in the top left on a black background"]
 # A few more prompts, in one batched call (one prompt per image; each title is the prompt):
 
 # %%
-# ~20-35 s on a 2-core CPU: a new batch size traces the networks again
+# ~5-35 s on a 2-core CPU: a new batch size traces the networks again
 prompts = ["a large red circle in the top left on a black background",
            "a small blue square in the bottom right on a white background",
            "a large yellow triangle in the center on a gray background",
@@ -103,7 +103,7 @@ print(sdlearn.pipeline.__doc__)
 # the sampler in `sdlearn.sampler`.
 
 # %%
-# ~2-4 s on a 2-core CPU
+# ~1-4 s on a 2-core CPU
 import numpy as np
 
 from sdlearn import sampler
@@ -185,7 +185,7 @@ plt.show()
 # a few steps.
 
 # %%
-# ~5-9 s on a 2-core CPU: 50 steps, then 12 decodes
+# ~1-9 s on a 2-core CPU: 50 steps, then 12 decodes
 frames = {}
 keep = [0, 5, 10, 20, 35, 49]
 
@@ -263,7 +263,7 @@ except OSError as error:
 # 3. `image_size=72`: what happens?
 
 # %%
-# ~4-7 s on a 2-core CPU: four 20-step generations
+# ~1-7 s on a 2-core CPU: four 20-step generations
 a = sd.text_to_image(prompt, seed=0, num_steps=20)
 b = sd.text_to_image(prompt, seed=0, num_steps=20)
 c = sd.text_to_image(prompt, seed=1, num_steps=20)

@@ -317,7 +317,7 @@ for p in ["A Red Circle", "Tacos at dawn!! 🌮", "an oil painting of a café, 4
 # whitespace, contractions, long words.
 
 # %%
-# ~12 s, ~700 MB on a 2-core CPU: importing keras_cv imports TensorFlow
+# ~5-12 s, ~700 MB on a 2-core CPU: importing keras_cv imports TensorFlow
 import warnings
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # keras_cv imports tqdm.auto

@@ -28,7 +28,7 @@
 # that sdlearn's encoder computes what KerasCV's computes on the same weights.
 
 # %%
-# ~15-35 s, ~0.7 GB on a 2-core CPU: imports Keras/TensorFlow, loads the tiny pipeline
+# ~6-35 s, ~0.7 GB on a 2-core CPU: imports Keras/TensorFlow, loads the tiny pipeline
 import matplotlib.pyplot as plt
 import numpy as np
 from keras import ops
@@ -343,7 +343,7 @@ plt.show()
 # and run both on the same prompts.
 
 # %%
-# ~35-70 s, ~2.2 GB on a 2-core CPU: builds two full-size (123 M parameter) text encoders
+# ~13-70 s, ~2.2 GB on a 2-core CPU: builds two full-size (123 M parameter) text encoders
 import tempfile
 import warnings
 from pathlib import Path

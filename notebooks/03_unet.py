@@ -36,7 +36,7 @@
 # Each piece is also checked against KerasCV's, with a number.
 
 # %%
-# ~25-50 s, ~0.7 GB on a 2-core CPU: imports Keras/TensorFlow, builds the tiny track's models
+# ~6-50 s, ~0.7 GB on a 2-core CPU: imports Keras/TensorFlow, builds the tiny track's models
 import logging
 import time
 
@@ -131,7 +131,7 @@ for s in (499, 490, 400, 0):
 # itself). Both, for a few timesteps:
 
 # %%
-# ~2-3 s on a 2-core CPU: importing keras_cv
+# ~1-3 s on a 2-core CPU: importing keras_cv
 import warnings
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # keras_cv's tqdm import
@@ -287,7 +287,7 @@ print(f"SpatialTransformer 16x16x320, 8 heads of 40: {n} weights copied, "
 # needs ~0.6 GB instead of ~4 GB.
 
 # %%
-# ~20 s, ~0.6 GB on a 2-core CPU (up to a minute on a shared machine): builds SD v1's UNet
+# ~6-20 s, ~0.6 GB on a 2-core CPU (up to a minute on a shared machine): builds SD v1's UNet
 # without allocating its weights, and traces its shapes
 start = time.perf_counter()
 shapes_only = keras.StatelessScope(initialize_variables=False)
@@ -516,7 +516,7 @@ plot_u(tiny_rows, f"The tiny UNet at {sd.config.image_size} px (marker size ~ ch
 # output next to the transformer's real one.
 
 # %%
-# ~6-12 s on a 2-core CPU: wires the replays into the UNet's graph
+# ~1-12 s on a 2-core CPU: wires the replays into the UNet's graph
 from sdlearn.layers import Composite
 
 
@@ -554,7 +554,7 @@ maps_model = keras.Model(unet.inputs, outputs)  # eps, then (replayed, weights, 
 maps_model.compile(jit_compile=False)
 
 # %%
-# ~12-30 s on a 2-core CPU: the first call traces the model
+# ~2-30 s on a 2-core CPU: the first call traces the model
 prompt = "a red circle in the top left"
 prompt_context, empty_context = sd.encode_text(prompt), sd.encode_text("")  # (1, 77, D) each
 noise = np.random.default_rng(0).standard_normal((1, latent_side, latent_side,
@@ -575,7 +575,7 @@ for st, (replayed, weights, real) in zip(transformers, zip(*[iter(per_layer)] * 
 # one batch of 2; chapter 5).
 
 # %%
-# ~4-9 s on a 2-core CPU: 25 sampling steps, each one call of maps_model
+# ~1-9 s on a 2-core CPU: 25 sampling steps, each one call of maps_model
 from sdlearn import sampler
 
 
@@ -646,7 +646,7 @@ plot_token_maps(image, maps, prompt)
 # factor of two over the picture. The same with another prompt:
 
 # %%
-# ~2-5 s on a 2-core CPU
+# ~1-5 s on a 2-core CPU
 prompt2 = "a blue square in the bottom right"
 image2, maps2 = generate_with_maps(prompt2, seed=1)
 plot_token_maps(image2, maps2, prompt2)

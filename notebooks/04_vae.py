@@ -37,7 +37,7 @@
 # channels as pictures, reconstructions, and a walk through latent space.
 
 # %%
-# ~15-35 s, ~0.7 GB on a 2-core CPU: imports Keras/TensorFlow, builds the tiny track's models
+# ~6-35 s, ~0.7 GB on a 2-core CPU: imports Keras/TensorFlow, builds the tiny track's models
 import logging
 import time
 
@@ -108,7 +108,7 @@ show_source(LatentMean)
 # models symbolically: shapes only, no arithmetic).
 
 # %%
-# ~5-15 s, ~1.1 GB on a 2-core CPU: builds the SD v1 decoder and encoder (random weights)
+# ~3-15 s, ~1.1 GB on a 2-core CPU: builds the SD v1 decoder and encoder (random weights)
 start = time.perf_counter()
 keras.utils.set_random_seed(0)
 sd_decoder, sd_encoder = Decoder(SD_V1.vae), ImageEncoder(SD_V1.vae)
@@ -186,7 +186,7 @@ plt.show()
 # at any size; small inputs keep the cell fast):
 
 # %%
-# ~13-30 s, ~1.5 GB on a 2-core CPU: builds KerasCV's decoder and encoder, writes, reads .h5
+# ~8-30 s, ~1.5 GB on a 2-core CPU: builds KerasCV's decoder and encoder, writes, reads .h5
 import tempfile
 import warnings
 from pathlib import Path
@@ -231,7 +231,7 @@ del sd_decoder, sd_encoder
 # scale measured the same way. Here, on 259 fresh shapes images:
 
 # %%
-# ~3-7 s on a 2-core CPU: renders and encodes 259 images
+# ~1-7 s on a 2-core CPU: renders and encodes 259 images
 examples = [Scene("large", "red", "circle", "top left", "black"),
             Scene("large", "blue", "square", "bottom right", "white"),
             Scene("small", "yellow", "triangle", "center", "gray")]
@@ -315,7 +315,7 @@ plt.show()
 # about $[-1, 1]$; `sd.decode` maps it to `uint8`.
 
 # %%
-# ~2-5 s on a 2-core CPU: the first decode call traces the decoder
+# ~1-5 s on a 2-core CPU: the first decode call traces the decoder
 originals = images[3:11]  # 8 random scenes
 reconstructed = sd.decode(latents[3:11])  # (8, 64, 64, 3) uint8
 error = np.abs(originals.astype(int) - reconstructed.astype(int))

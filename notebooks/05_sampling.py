@@ -27,7 +27,7 @@
 # one UNet call takes tens of milliseconds, so we can afford hundreds of them.
 
 # %%
-# ~25-36 s and ~0.7 GB on a 2-core CPU (importing TensorFlow, building three models)
+# ~6-36 s and ~0.7 GB on a 2-core CPU (importing TensorFlow, building three models)
 import logging
 
 import matplotlib.pyplot as plt
@@ -121,7 +121,7 @@ show_source(sampler.add_noise)
 # is what Stable Diffusion actually noises, decoding each noisy latent back to pixels.
 
 # %%
-# ~10-12 s on a 2-core CPU (the first calls of the encoder and decoder trace them)
+# ~2-12 s on a 2-core CPU (the first calls of the encoder and decoder trace them)
 scene = shapes.Scene("large", "red", "circle", "top left", "white")
 image = shapes.render(scene)  # (64, 64, 3) uint8
 timesteps_shown = np.array([0, 100, 250, 400, 600, 800, 999])
@@ -188,7 +188,7 @@ show_source(sampler.ddim_step)
 # with `sampler.ddim_step` (float32 Keras ops).
 
 # %%
-# ~5-10 s on a 2-core CPU (the first UNet call traces the model)
+# ~1-10 s on a 2-core CPU (the first UNet call traces the model)
 timesteps = sampler.ddim_timesteps(STEPS)
 t, t_prev = timesteps[0], timesteps[1]
 a_t, a_prev = alphas[t], alphas[t_prev]
@@ -247,7 +247,7 @@ show_source(sampler.guided_noise)
 # records the batch size of each, around the pipeline's own `sd.unet_call`:
 
 # %%
-# ~10-17 s on a 2-core CPU (20 UNet calls; the first at each batch size traces the model)
+# ~3-17 s on a 2-core CPU (20 UNet calls; the first at each batch size traces the model)
 class CountingUNet:
     """Wraps a UNet function; remembers the shape of the latent batch of every call."""
 
@@ -305,7 +305,7 @@ print("invariants hold: 10 steps, each timestep once in decreasing order, each x
       "DDIM step from the last")
 
 # %%
-# ~6-8 s on a 2-core CPU (decoding at two new batch sizes traces the decoder twice)
+# ~2-8 s on a 2-core CPU (decoding at two new batch sizes traces the decoder twice)
 x_ts = np.concatenate([x_t for _, _, x_t, _ in records])  # (10, h, w, 4)
 x0s = np.concatenate([x0 for _, _, _, x0 in records])
 print("latents per step:", x_ts.shape, " predicted x0 per step:", x0s.shape)
@@ -336,7 +336,7 @@ print("the image the pipeline returned is the last predicted x0, decoded (to 1 o
 # moments), so it reports the colour, shape and position a picture shows.
 
 # %%
-# ~10-12 s on a 2-core CPU (20 images, 230 UNet calls)
+# ~4-12 s on a 2-core CPU (20 images, 230 UNet calls)
 scales = (1.0, 3.0, 5.0, 7.5, 15.0)
 step_counts = (3, 6, 12, 25)
 grid = {}
@@ -414,7 +414,7 @@ show_images(images, [f"seed {s}: {describe(im)}" for s, im in zip(seeds, images)
 # world we can count what it does: leave the colour open, forbid red, and read the colours back.
 
 # %%
-# ~10-12 s on a 2-core CPU (16 images, 50 UNet calls of batch 16)
+# ~2-12 s on a 2-core CPU (16 images, 50 UNet calls of batch 16)
 prompt, negative = "a large circle on a black background", "a red circle"
 without = sd.text_to_image(prompt, batch_size=8, num_steps=STEPS, seed=0)  # 8 noises
 with_negative = sd.text_to_image(prompt, negative_prompt=negative, batch_size=8,
@@ -484,7 +484,7 @@ fig.tight_layout()
 plt.show()
 
 # %%
-# ~6 s on a 2-core CPU (6 images, 80 UNet calls)
+# ~2-6 s on a 2-core CPU (6 images, 80 UNet calls)
 noise = np.random.default_rng(7).standard_normal(latent_shape).astype("float32")
 comparison, titles = [], []
 for name, sample in (("DDIM", sampler.sample), ("Euler", sampler.sample_euler)):

@@ -25,7 +25,7 @@
 # default; with `SDLEARN_TRACK=sd-v1` every cell works the same but takes minutes per image).
 
 # %%
-# ~25-45 s and ~0.7 GB on a 2-core CPU (importing TensorFlow, building the models)
+# ~6-45 s and ~0.7 GB on a 2-core CPU (importing TensorFlow, building the models)
 import io
 import logging
 import tempfile
@@ -91,7 +91,7 @@ for strength in strengths:
 # autoencoder round trip on its own, which is what strength 0 returns:
 
 # %%
-# ~5-10 s on a 2-core CPU (the first calls of the encoder and decoder trace them)
+# ~1-10 s on a 2-core CPU (the first calls of the encoder and decoder trace them)
 scene = shapes.Scene("large", "red", "circle", "top left", "white")
 image = shapes.render(scene)  # (64, 64, 3) uint8
 x0 = sd.image_encoder.predict_on_batch(image[None].astype("float32") / 127.5 - 1)
@@ -106,7 +106,7 @@ print(f"mean |round trip - input| = {np.abs(round_trip[0].astype(int) - image).m
 # everything. Same seed everywhere, so the noise is the same in every picture.
 
 # %%
-# ~20-30 s on a 2-core CPU (12 images, 150 UNet calls)
+# ~4-30 s on a 2-core CPU (12 images, 150 UNet calls)
 prompts = ("a large blue circle in the top left on a white background",
            "a small green triangle in the bottom right on a black background")
 strip, titles = [], []
@@ -201,7 +201,7 @@ for name, mix in (("lerp", lerp), ("slerp", slerp)):
 # is the walk from one prompt to the other, from the same starting noise:
 
 # %%
-# ~15-35 s on a 2-core CPU (16 images, 50 UNet calls of batch 16; the first traces the UNet)
+# ~5-35 s on a 2-core CPU (16 images, 50 UNet calls of batch 16; the first traces the UNet)
 noise = np.random.default_rng(1).standard_normal((1, latent_side, latent_side, 4))
 noises = np.repeat(noise, FRAMES, axis=0).astype("float32")  # the same noise for every frame
 prompt_walk = {name: generate(np.stack([mix(c_a, c_b, w) for w in weights]), noises)
@@ -246,7 +246,7 @@ ax.legend()
 plt.show()
 
 # %%
-# ~8-14 s on a 2-core CPU (16 images, 50 UNet calls of batch 16)
+# ~2-14 s on a 2-core CPU (16 images, 50 UNet calls of batch 16)
 prompt = "a large circle on a black background"  # colour and position left to the noise
 context = np.repeat(sd.encode_text(prompt), FRAMES, axis=0)
 noise_walk = {}
@@ -315,7 +315,7 @@ def show_strip(frames, labels, title, columns=8):
 out_dir = Path(tempfile.mkdtemp(prefix="sdlearn_ch07_"))  # somewhere to write the GIFs
 
 # %%
-# ~10-12 s on a 2-core CPU (16 frames, 50 UNet calls of batch 16)
+# ~2-12 s on a 2-core CPU (16 frames, 50 UNet calls of batch 16)
 corners = ("top left", "top right", "bottom right", "bottom left")
 corner_contexts = [sd.encode_text(f"a red circle in the {c} on a white background")[0]
                    for c in corners]
@@ -343,7 +343,7 @@ show_strip(prompt_loop, labels, "Prompt loop: 'a red circle in the <corner> on a
 # learned five positions, not a continuous coordinate.
 
 # %%
-# ~10 s on a 2-core CPU (16 frames, 50 UNet calls of batch 16)
+# ~2-10 s on a 2-core CPU (16 frames, 50 UNet calls of batch 16)
 phis = np.linspace(0, 2 * np.pi, 16, endpoint=False)
 loop_noises = np.stack([np.cos(p) * noise_a + np.sin(p) * noise_b for p in phis])
 print("noise loop:", loop_noises.shape, "| noise std per frame from",
@@ -401,7 +401,7 @@ print("identical:", np.array_equal(from_image, from_text))
 #    (purple is a colour it knows), a red one, a blue one, or something else?
 
 # %%
-# ~3-5 s on a 2-core CPU (8 images, 25 UNet calls of batch 16)
+# ~1-5 s on a 2-core CPU (8 images, 25 UNet calls of batch 16)
 c_red = sd.encode_text("a large red circle in the center on a white background")[0]
 c_blue = sd.encode_text("a large blue circle in the center on a white background")[0]
 halfway = generate(np.repeat(lerp(c_red, c_blue, 0.5)[None], FRAMES, axis=0),

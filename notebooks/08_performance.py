@@ -36,7 +36,7 @@
 # tested; the cells that print agreement are.
 
 # %%
-# ~10 s and ~700 MB on a 2-core CPU: importing TensorFlow
+# ~3-10 s and ~700 MB on a 2-core CPU: importing TensorFlow
 import collections
 import importlib.util
 import os
@@ -311,7 +311,7 @@ show_source(StableDiffusion.__init__)
 # batch of one image): random latents, two timesteps, random "text" contexts.
 
 # %%
-# ~3 s on a 2-core CPU: building the UNet (random weights)
+# ~2-3 s on a 2-core CPU: building the UNet (random weights)
 keras.utils.set_random_seed(0)
 unet = UNet(TINY.unet)
 rng = np.random.default_rng(0)
@@ -329,7 +329,7 @@ print(f"tiny UNet, random weights: {unet.count_params():,} parameters; a call of
 # First, agreement: the graph and the XLA program must compute what the eager model computes.
 
 # %%
-# 20-45 s on a 2-core CPU: a second UNet with the same weights as a graph; XLA (batch 2)
+# 10-45 s on a 2-core CPU: a second UNet with the same weights as a graph; XLA (batch 2)
 eager = ops.convert_to_numpy(unet(inputs))
 graph_unet = UNet(TINY.unet)
 graph_unet.set_weights(unet.get_weights())
@@ -350,7 +350,7 @@ print(f"max |XLA - eager|   {at_most(np.abs(xla - eager).max())}")
 # more. Now the times.
 
 # %% tags=["nbval-ignore-output"]
-# ~10 s on a 2-core CPU
+# ~1-10 s on a 2-core CPU
 _, eager_s = best_time(lambda: ops.convert_to_numpy(unet(inputs)), repeats=3)
 _, graph_s = best_time(lambda: graph_unet.predict_on_batch(inputs), repeats=10)
 _, xla_s = best_time(lambda: unet.predict_on_batch(inputs), repeats=10)
@@ -400,7 +400,7 @@ show_source(fast.guidance_in_two_calls)
 # tens of seconds. The overhead $t_0$ that batching saves is there in both modes.
 
 # %%
-# ~5 s on a 2-core CPU: the graph UNet traces again, for batch 1
+# ~2-5 s on a 2-core CPU: the graph UNet traces again, for batch 1
 latent = inputs[0][:1]
 context, unconditional = inputs[2][:1], inputs[2][1:]  # random stand-ins for two prompts
 one_call = sampler.guided_noise(graph_unet.predict_on_batch, latent, 500, context,
@@ -443,7 +443,7 @@ print(f"saved by batching: {saved:.0%}")
 show_source(fast.CompiledDDIM)
 
 # %%
-# 25-50 s on a 2-core CPU: compiling the 10-step loop (once)
+# 5-50 s on a 2-core CPU: compiling the 10-step loop (once)
 noise = rng.standard_normal((1, side, side, 4)).astype("float32")
 loops = {}  # keeps the compiled loop for the timing below
 python_loop = sampler.sample(unet.predict_on_batch, noise, context, unconditional, 10, 7.5)
@@ -506,7 +506,7 @@ for i, v in enumerate(values):
 show_source(fast.dtype_policy)
 
 # %%
-# ~8 s on a 2-core CPU: two more UNets (random weights, copied from the float32 one), eager calls
+# ~5-8 s on a 2-core CPU: two more UNets (random weights, copied from the float32 one), eager calls
 half_error = {}
 for policy in ("mixed_bfloat16", "mixed_float16"):
     with fast.dtype_policy(policy):
@@ -529,7 +529,7 @@ for policy in ("mixed_bfloat16", "mixed_float16"):
 # numbers. Will a half-precision matrix multiply be faster here, as fast, or slower?
 
 # %% tags=["nbval-ignore-output"]
-# ~10 s on a 2-core CPU
+# ~0.2-10 s on a 2-core CPU (bfloat16 matmuls are fast where the CPU has AVX-512 BF16)
 dtype_rates = {d: matmul_rate(d, repeats=3) for d in ("float32", "bfloat16", "float16")}
 for d, r in dtype_rates.items():
     print(f"{d:>9} matmul 1024 x 1024: {r / 1e9:6.1f} GFLOP/s "

@@ -92,37 +92,41 @@ class TrainingPlan:
     caption_dropout: float = 0.1  # share of UNet examples trained with the empty prompt
     caption_drop_probability: float = 0.3  # captions leave out size/position/background
     # How each training step runs. "xla": traced into a TensorFlow graph and compiled by XLA
-    # once per stage (30-80 s on 2 cores; tracing Adam's update of each of the UNet's 286
-    # variables is a third of it), then each step runs ~2x faster than the plain graph.
-    # "graph": traced, not compiled, and without TensorFlow's graph optimiser (Grappler):
-    # for QUICK's 20 steps a stage, compiling and optimising cost more than they save
-    # (UNet stage: 50 s with them, 34 s without). Eager execution, with no tracing at all,
-    # was slower still: 2-4 s a step.
+    # once per stage (5-30 s on 2 Zen 5 cores, 30-80 s on the slower machine; tracing Adam's
+    # update of each of the UNet's 286 variables is a third of it), then each step runs ~2x
+    # faster than the plain graph. "graph": traced, not compiled, and without TensorFlow's
+    # graph optimiser (Grappler): for QUICK's 20 steps a stage, compiling and optimising cost
+    # more than they save (UNet stage, slower machine: 50 s with them, 34 s without). Eager
+    # execution, with no tracing at all, was slower still: 2-4 s a step.
     execution: str = "xla"
 
     def stage(self, name):
         return getattr(self, name)
 
 
-FULL = TrainingPlan(  # 30 min on 2 CPU cores: 6 s data, 7 min AE, 4.5 min CLIP, 18 min UNet
+# 8.3 min on this course's 2-core CPU (Zen 5, idle): 3 s data, 2.2 min AE, 1.1 min CLIP, 4.8 min
+# UNet. The shipped weights' run took 30 min on a slower machine shared with other jobs.
+FULL = TrainingPlan(
     num_images=12_000,
-    # 0.25-0.45 s a step (and ~40 s of XLA compiling): the 64x64 convolutions dominate.
-    # Small batches, more steps: the autoencoder learns edges from the number of updates
-    # more than from the batch size.
+    # 0.1 s a step and ~12 s of XLA compiling (0.25-0.45 s a step on the slower machine): the
+    # 64x64 convolutions dominate. Small batches, more steps: the autoencoder learns edges
+    # from the number of updates more than from the batch size.
     autoencoder=StageSettings(steps=1_200, batch_size=16, learning_rate=3e-3,
                               steps_per_epoch=100),
-    # 0.3-0.4 s a step; the contrastive loss wants large batches (more wrong captions to
-    # beat). 250 steps left 'circle' and 'square' hard to tell apart (a linear probe of the
-    # end token's vector found the shape in 70% of captions; 97% at 500, 100% at 750).
+    # 0.09 s a step (0.3-0.4 s on the slower machine); the contrastive loss wants large
+    # batches (more wrong captions to beat). 250 steps left 'circle' and 'square' hard to
+    # tell apart (a linear probe of the end token's vector found the shape in 70% of
+    # captions; 97% at 500, 100% at 750).
     text_encoder=StageSettings(steps=750, batch_size=128, learning_rate=2e-3,
                                steps_per_epoch=50),
-    # 0.27 s a step of 32 latents (and ~75 s compiling). On a fixed budget of examples, more
-    # and smaller steps: 1,200 steps of 64 left seen captions' colours and positions at 58%
-    # and 84% (guidance 7.5).
+    # 0.077 s a step of 32 latents and ~30 s compiling (0.27 s and ~75 s on the slower
+    # machine). On a fixed budget of examples, more and smaller steps: 1,200 steps of 64
+    # left seen captions' colours and positions at 58% and 84% (guidance 7.5).
     unet=StageSettings(steps=3_000, batch_size=32, learning_rate=3e-3, steps_per_epoch=200,
                        ema_momentum=0.998),
 )
-QUICK = TrainingPlan(  # every code path in ~100 s (AE 23, CLIP 8, UNet 60); pictures are noise
+# Every code path in ~40 s here (~100 s on the slower machine); its pictures are noise.
+QUICK = TrainingPlan(
     num_images=512,
     autoencoder=StageSettings(steps=20, batch_size=16, learning_rate=2e-3, steps_per_epoch=10),
     text_encoder=StageSettings(steps=20, batch_size=32, learning_rate=2e-3, steps_per_epoch=10),
