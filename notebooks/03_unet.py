@@ -47,7 +47,7 @@ from keras import ops
 
 import sdlearn.unet
 from sdlearn.config import SD_V1
-from sdlearn.course import load_pipeline, show_source
+from sdlearn.course import at_most, load_pipeline, show_source
 from sdlearn.layers import MultiHeadAttention, ResBlock, attention_weights
 from sdlearn.unet import SpatialTransformer, UNet, timestep_embedding
 
@@ -264,7 +264,8 @@ expected = np.asarray(reference([x, context]))
 n = copy_weights_by_order(reference, transformer)
 difference = np.abs(np.asarray(transformer(x, context)) - expected).max()
 print(f"SpatialTransformer 16x16x320, 8 heads of 40: {n} weights copied, "
-      f"{transformer.count_params():,} parameters; max |sdlearn - KerasCV| = {difference:.1e} "
+      f"{transformer.count_params():,} parameters; max |sdlearn - KerasCV| "
+      f"{at_most(difference, floor=1e-5)} "
       f"(outputs up to {np.abs(expected).max():.2f})")
 
 # %% [markdown]

@@ -47,7 +47,7 @@ import numpy as np
 
 import sdlearn.vae
 from sdlearn.config import SD_V1
-from sdlearn.course import load_pipeline, show_images, show_source
+from sdlearn.course import at_most, load_pipeline, show_images, show_source
 from sdlearn.shapes import Scene, make_dataset, render
 from sdlearn.vae import Decoder, ImageEncoder, LatentMean, VAEAttention
 
@@ -213,7 +213,8 @@ with tempfile.TemporaryDirectory() as folder:
         expected = np.asarray(reference(x))
         got = np.asarray(ours(x))
         print(f"{name:13}: {tuple(x.shape)} -> {tuple(got.shape)}, {path.stat().st_size / 1e6:.0f}"
-              f" MB of weights; max |sdlearn - KerasCV| = {np.abs(got - expected).max():.1e} "
+              f" MB of weights; max |sdlearn - KerasCV| "
+              f"{at_most(np.abs(got - expected).max(), floor=1e-5)} "
               f"(outputs up to {np.abs(expected).max():.2f})")
 print(f"(in {time.perf_counter() - start:.0f} s)")
 del sd_decoder, sd_encoder

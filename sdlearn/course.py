@@ -1,4 +1,5 @@
-"""Helpers the notebooks share: which track runs, showing sdlearn's own source, plotting.
+"""Helpers the notebooks share: which track runs, showing sdlearn's own source, plotting,
+printing a difference.
 
 The course runs on one of two tracks, chosen by ONE setting, the environment variable
 ``SDLEARN_TRACK`` (or the ``track`` argument):
@@ -10,6 +11,7 @@ The course runs on one of two tracks, chosen by ONE setting, the environment var
 """
 
 import inspect
+import math
 import os
 
 TRACKS = ("tiny", "sd-v1")
@@ -60,3 +62,15 @@ def show_images(images, titles=None, suptitle=None, columns=None, size=2.0):
         fig.suptitle(suptitle)
     fig.tight_layout()
     plt.show()
+
+
+def at_most(difference, floor=1e-8):
+    """A printable bound on a max |difference|: the power of ten just above it, and at least
+    ``floor``, as "<= 1e-05". Float rounding differs between CPUs (one processor's kernels gave
+    1.4e-06 where another's gave 2.1e-06, or 0.0 where another gave 4.7e-06), so a notebook
+    prints the bound, which is the same on every machine, not the digits, which are not."""
+    difference = float(difference)
+    if not math.isfinite(difference) or difference < 0:
+        raise ValueError(f"a max |difference| is a finite number >= 0, got {difference}")
+    bound = 10.0 ** math.ceil(math.log10(max(difference, floor)))
+    return f"<= {bound:.0e}"
