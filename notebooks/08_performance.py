@@ -52,7 +52,7 @@ from keras import ops
 
 from sdlearn import fast, layers, sampler
 from sdlearn.config import SD_V1, TINY
-from sdlearn.course import show_source
+from sdlearn.course import at_most, show_source
 from sdlearn.pipeline import StableDiffusion
 from sdlearn.unet import UNet
 
@@ -214,8 +214,9 @@ print(f"attention matmuls at the 64x64 level: {counts[64, 'attention matmuls'] /
 #
 # Dividing by what the hardware can do gives a **floor**: no implementation can be faster.
 # The rate of a large float32 matrix multiply is the practical ceiling of a CPU (the project's
-# measurements on this course's CPU when idle: about 135 GFLOP/s); an H100's dense bfloat16
-# tensor cores peak at 989 TFLOP/s.
+# measurements on this course's 2-core machine when idle: about 135 GFLOP/s on the AMD Zen 3
+# it first ran on, about 480 on the Zen 5 with AVX-512 it ran on in December 2026); an H100's
+# dense bfloat16 tensor cores peak at 989 TFLOP/s.
 
 # %%
 steps = 50
@@ -223,7 +224,8 @@ image_flop = (2 * steps * benchmark.UNET_FLOP[64] + benchmark.DECODER_FLOP[512]
               + 2 * benchmark.TEXT_FLOP)
 print(f"one 512 px image, {steps} guided steps: {image_flop / 1e12:.1f} TFLOP, "
       f"{2 * steps * benchmark.UNET_FLOP[64] / image_flop:.0%} of it in the UNet")
-for hardware, peak in [("2-core CPU, float32 matmul rate ~135 GFLOP/s", 135e9),
+for hardware, peak in [("2-core Zen 3 CPU, float32 matmul rate ~135 GFLOP/s", 135e9),
+                       ("2-core Zen 5 CPU, float32 matmul rate ~480 GFLOP/s", 480e9),
                        ("H100, dense bfloat16 peak 989 TFLOP/s", 989e12)]:
     seconds = image_flop / peak
     print(f"  floor on {hardware}: {seconds:,.3g} s" + (f" = {seconds / 60:.0f} min"
@@ -231,8 +233,8 @@ for hardware, peak in [("2-core CPU, float32 matmul rate ~135 GFLOP/s", 135e9),
 
 
 # %% [markdown]
-# Ten minutes per image is the CPU's floor: at full size the CPU has little to give beyond
-# keeping its multiply units busy. The tiny model costs 57 MFLOP per image and call, so 50
+# Ten minutes per image on the older CPU, three on the newer: that is the floor, and at full
+# size a CPU has little to give beyond keeping its multiply units busy. The tiny model costs 57 MFLOP per image and call, so 50
 # guided steps are 6 GFLOP, a twentieth of a second of arithmetic. As we will see, its time
 # goes almost entirely *between* the multiplies.
 #
@@ -241,8 +243,9 @@ for hardware, peak in [("2-core CPU, float32 matmul rate ~135 GFLOP/s", 135e9),
 # A helper times a function: one call first (which may compile), then the best of a few
 # calls. The best, not the mean: on a shared machine the slow calls measure the neighbours.
 # `ops.convert_to_numpy` waits for the result, so we time the work and not just its launch.
-# Agreement is printed as a bound, the power of ten just above the largest difference, so the
-# printed text is the same on every run.
+# Agreement is printed as a bound by `sdlearn.course.at_most`, the power of ten just above the
+# largest difference, so the printed text is the same on every run and every CPU (processors
+# round floats differently in the last digits).
 
 # %%
 def best_time(f, repeats=5):
@@ -267,12 +270,6 @@ def matmul_rate(dtype="float32", n=1024, repeats=5):
 
     _, best = best_time(product, repeats)
     return 2 * n**3 / best
-
-
-def at_most(difference):
-    """A reproducible bound on a max |difference|: the power of ten just above it."""
-    bound = 10.0 ** np.ceil(np.log10(max(float(difference), 1e-12)))
-    return f"<= {max(bound, 1e-8):.0e}"
 
 
 # %% tags=["nbval-ignore-output"]
@@ -366,8 +363,9 @@ print(f"the arithmetic alone at the matmul rate: {2 * tiny_flops / rate * 1e3:.1
 # pays for every one of the few hundred operations from Python; the graph removes Python,
 # XLA also removes most of the separate operations. The first XLA call pays for compiling
 # (seconds), so XLA wins only when a model is called many times at the same shapes, which a
-# sampling loop does. At full size it is the other way round: a 512 px call is 0.8 TFLOP, six
-# seconds of arithmetic on this CPU, and the same overhead is a few percent (section 8).
+# sampling loop does. At full size it is the other way round: a 512 px call is 0.8 TFLOP, two
+# to six seconds of arithmetic on this course's CPUs, and the same overhead is a few percent
+# (section 8).
 #
 # ## 4. Guidance: one call of $2B$, not two calls of $B$
 #
@@ -426,8 +424,9 @@ print(f"saved by batching: {saved:.0%}")
 # The same numbers to float32 rounding (a matrix multiply blocks a batch of 2 differently from a
 # batch of 1, and guidance multiplies the difference by up to $2s + 1$). For the tiny model,
 # where $t_0$ is most of a call, batching saved between a quarter and three quarters in the
-# runs made for this chapter (on a shared machine a slow neighbour can inflate either side). For SD v1 at 256 px on this CPU the A/B measurement in section 8 found
-# 6%: $t_0$ is small next to 3 seconds of arithmetic.
+# runs made for this chapter (on a shared machine a slow neighbour can inflate either side).
+# For SD v1 at 256 px on the Zen 3 CPU the A/B measurement in section 8 found 6%: $t_0$ is
+# small next to 3 seconds of arithmetic.
 #
 # ## 5. The whole loop as one program
 #
@@ -515,31 +514,44 @@ for policy in ("mixed_bfloat16", "mixed_float16"):
     out = ops.convert_to_numpy(ops.cast(half_unet(inputs), "float32"))
     half_error[policy] = np.abs(out - eager).max() / eager.std()
     print(f"{policy:>15}: layers compute in {half_unet.layers[-1].compute_dtype}, weights stay "
-          f"{half_unet.layers[-1].kernel.dtype}; max |error| = {half_error[policy]:.1g} of the "
+          f"{half_unet.layers[-1].kernel.dtype}; max |error| {at_most(half_error[policy])} of the "
           "output's standard deviation")
 
 # %% [markdown]
-# A few percent of the output's scale in bfloat16, ten times less in float16: float16 keeps
-# 3 more mantissa bits ($2^3 = 8$), as the format table predicts. `tests/test_fast.py` holds them under 0.1 (bfloat16) and 0.02
+# Under a tenth of the output's scale in bfloat16 (0.05 to 0.07 on the two CPUs this chapter
+# ran on), ten times less in float16: float16 keeps 3 more mantissa bits ($2^3 = 8$), as the
+# format table predicts. `tests/test_fast.py` holds them under 0.1 (bfloat16) and 0.02
 # (float16) of the output's scale; over 50 sampling steps they change the details of a
 # picture, not what it shows.
 #
-# **Predict, then run.** This CPU (AMD Zen 3) has AVX2 and F16C: it can *convert* between
+# **Predict, then run.** Whether half precision is faster on a CPU depends on the CPU. The
+# AMD Zen 3 this course was first measured on has AVX2 and F16C: it can *convert* between
 # float16 and float32 in hardware, but has no instruction that multiplies bfloat16 or float16
-# numbers. Will a half-precision matrix multiply be faster here, as fast, or slower?
+# numbers. Zen 5, its machine since December 2026, adds AVX-512 BF16, whose instructions
+# multiply pairs of bfloat16 numbers and add them into float32; it has no float16 arithmetic
+# either. Will a half-precision matrix multiply be faster on each, as fast, or slower? The
+# cell prints whether the CPU it runs on has the BF16 instructions.
 
 # %% tags=["nbval-ignore-output"]
 # ~0.2-10 s on a 2-core CPU (bfloat16 matmuls are fast where the CPU has AVX-512 BF16)
+cpuinfo = Path("/proc/cpuinfo")  # Linux only
+flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+print("this CPU has AVX-512 BF16:", "yes" if "avx512_bf16" in flags else "no (or not Linux)")
 dtype_rates = {d: matmul_rate(d, repeats=3) for d in ("float32", "bfloat16", "float16")}
 for d, r in dtype_rates.items():
     print(f"{d:>9} matmul 1024 x 1024: {r / 1e9:6.1f} GFLOP/s "
           f"({r / dtype_rates['float32']:.2f}x float32)")
 
 # %% [markdown]
-# No faster, and usually slower: without half-precision arithmetic the CPU widens every value
-# to float32 and multiplies in float32, so it does float32's work plus the conversions (in the
-# runs made for this chapter, between half and the whole of float32's rate, depending on the
-# load). The half-precision switches exist for the GPU; on a CPU keep float32.
+# On Zen 5 (the run committed here) bfloat16 multiplied at 1.9x float32's rate and float16 at
+# 0.9x: each BF16 instruction does twice the multiply-adds of a float32 one, while float16,
+# with no arithmetic of its own, is widened to float32 and pays for the conversions too. On
+# Zen 3, with neither, both half formats ran at between half and the whole of float32's rate.
+# A faster matmul is not yet a faster model: `benchmarks/benchmark.py` on the same Zen 5 timed
+# sdlearn's guided 256 px step at 1.03 s in float32 and 1.31 s with `mixed_bfloat16`
+# (`benchmarks/RESULTS.md`); its convolutions, normalisations and the casts between them did
+# not gain what one large matmul gains. On these CPUs keep float32; the half-precision
+# switches exist for the GPU.
 #
 # ## 7. Attention: in blocks, and fused
 #
@@ -568,8 +580,9 @@ for s in (64, 32, 16):
 # A gigabyte at 64x64, in each of the five transformers there, at every step, and not just
 # written once: the softmax reads the scores for each row's maximum, again for the sum of
 # the exponentials, writes the probabilities, and the second einsum reads those back. A
-# gigabyte is 250 times the 4 MB of cache one core of this CPU has (512 KB of L2 and its half
-# of a 32 MB L3), so every one of those passes goes to main memory, and the cores wait for it.
+# gigabyte is about 60 times the cache one core of this course's CPUs can use (0.5 MB of L2
+# on Zen 3, 1 MB on Zen 5, and its half of a 32 MB L3), so every one of those passes goes to
+# main memory, and the cores wait for it.
 #
 # ### Blocked: the same einsums, in pieces that fit in the cache
 #
@@ -628,7 +641,7 @@ for kernel, seconds in attention_times.items():
 # %% [markdown]
 # `benchmarks/attention.py` times the three kernels on every attention shape of a 512 px step,
 # including the 64x64 level that is too heavy to run here (2 GB of scores, seconds per call).
-# Its run for `benchmarks/RESULTS.md`:
+# Its run for `benchmarks/RESULTS.md`, made on the Zen 3 machine:
 
 # %%
 results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
@@ -722,11 +735,11 @@ plt.show()
 # ## 8. Full size: Stable Diffusion v1 against KerasCV and diffusers
 #
 # The tiny model is all overhead; the real one is all arithmetic. The measurements at full
-# size take minutes per call here, so they were made once with the scripts in `benchmarks/`,
-# on this course's machine type (2 cores, AMD EPYC Zen 3), and written to
-# `benchmarks/RESULTS.md`; we read them from that file. First the side-by-side run of
-# `benchmarks/benchmark.py` on an idle machine: sdlearn, KerasCV and diffusers (PyTorch), each
-# in its own process, one after the other, random weights, float32.
+# size take minutes here, so they were made once with the scripts in `benchmarks/`, on this
+# course's 2-core machine, and written to `benchmarks/RESULTS.md`; we read them from that
+# file. First the side-by-side run of `benchmarks/benchmark.py` on the idle Zen 5 (December
+# 2026): sdlearn, KerasCV and diffusers (PyTorch), each in its own process, one after the
+# other, random weights, float32.
 
 # %%
 def table_rows(section):
@@ -750,13 +763,14 @@ print("\nreproduce with:", re.search(r"\n    (python benchmarks/benchmark\.py[^\
                                     side_by_side).group(1))
 
 # %%
+generated = [row for row in sbs if row[5]]  # rows timed in the step task only have no image
 fig, (left, right) = plt.subplots(1, 2, figsize=(11, 2.8))
-implementations = [row[0] for row in sbs]
+implementations = [row[0] for row in generated]
 for ax, column, label, title in (
         (left, 5, "seconds per 512 px image (20 steps)", "Time per image"),
         (right, 8, "peak resident memory (GB)", "Peak memory of the generation")):
-    values = [float(row[column]) for row in sbs]
-    bars = ax.barh(implementations, values, color=plt.cm.tab10(range(len(sbs))))
+    values = [float(row[column]) for row in generated]
+    bars = ax.barh(implementations, values, color=plt.cm.tab10(range(len(generated))))
     ax.bar_label(bars, [f"{v:g}" for v in values], padding=3, fontsize=8)
     ax.set_xlim(0, max(values) * 1.25)
     ax.invert_yaxis()
@@ -767,19 +781,22 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# At 512 px sdlearn is the fastest of the three per image (20% faster than KerasCV, 8% faster
-# than diffusers) and needs less memory than KerasCV; at 256 px its guided step and KerasCV's
-# run at the same share of the matmul rate. The difference at 512 px is section 7's blocked
-# attention: the same file records the earlier run of the same day with the einsums, where
-# sdlearn took 459 s and 7.9 GB per image, slower than diffusers (423 s) and heavier than
-# KerasCV (7.1 GB). At 256 px there are 1,024 tokens, not 4,096: the scores are 16 times
-# smaller and the arithmetic dominates either way.
+# sdlearn is the fastest of the three per image (18% faster than KerasCV, 40% faster than
+# diffusers) and needs less memory than KerasCV. Its guided 256 px step reaches 72% of the
+# matmul rate measured next to it, and its decoder 74%: the project's targets were 85% and
+# 75%, so on this CPU the convolutions are further from the matmul's rate than on the Zen 3
+# (77% and 87% there, with every time 2-3.5x longer). diffusers' ratios are against PyTorch's
+# own matmul, less than half as fast as TensorFlow's here. The same file records the Zen 3
+# runs: there, section 7's blocked attention made the 512 px difference (sdlearn 459 s and
+# 7.9 GB per image with the einsums, 375 s and 6.5 GB blocked; KerasCV 469 s, diffusers
+# 406 s). At 256 px there are 1,024 tokens, not 4,096: the scores are 16 times smaller and
+# the arithmetic dominates either way.
 #
 # The side-by-side run times each implementation minutes apart; on a virtual machine the rate
 # of the cores drifts by tens of percent in that time (the matmul ranges in RESULTS.md). The
 # interleaved A/B below removes that: sdlearn's UNet and KerasCV's, with the same weights,
 # both under XLA, taking turns in one process so that both see the same load (measured
-# earlier, with the einsum attention, on a **shared** machine).
+# earlier, on the Zen 3, with the einsum attention, on a **shared** machine).
 
 # %%
 section = results.split("### Interleaved A/B")[1].split("\n#")[0]
@@ -801,7 +818,7 @@ ax.bar_label(bars, [f"{float(r[2]):.0f} GFLOP/s" for r in ab], padding=3, fontsi
 ax.set_xlim(0, max(seconds) * 1.35)
 ax.invert_yaxis()
 ax.set_title("SD v1 UNet work of one guided step at 256 px (2 x 0.180 TFLOP)\n"
-             "2-core CPU, float32, XLA, random weights; best of 3 interleaved rounds")
+             "2-core Zen 3 CPU, float32, XLA, random weights; best of 3 interleaved rounds")
 ax.set_xlabel("seconds (shared machine)")
 ax.set_ylabel("implementation")
 plt.show()
@@ -811,10 +828,10 @@ plt.show()
 # the noise), one call of batch 2 beats two calls of batch 1 by a few percent (the $t_0$ of
 # section 4 is small next to seconds of arithmetic), and both run at or above the rate that a
 # large eager matrix multiply reached in the same minutes, the CPU's practical ceiling. On an
-# idle machine (the project's design measurements) the matmul reaches 129 to 141 GFLOP/s and
-# KerasCV's guided step 105 to 120, i.e. 80 to 88% of it. Put differently: on this CPU a
-# 512 px image with 50 steps cannot take much less than the ten minutes section 1 computed,
-# in sdlearn or anywhere else. The fast paths of sections 5 and 6 have little left to win
+# idle Zen 3 (the project's design measurements) the matmul reaches 129 to 141 GFLOP/s and
+# KerasCV's guided step 105 to 120, i.e. 80 to 88% of it. Put differently: on a CPU a 512 px
+# image with 50 steps cannot take much less than the floor section 1 computed (ten minutes on
+# the Zen 3, three on the Zen 5), in sdlearn or anywhere else. The fast paths of sections 5 and 6 have little left to win
 # here; section 7's blocked attention wins at 512 px because the einsum attention there was
 # not arithmetic but memory traffic.
 #
@@ -841,11 +858,11 @@ print("2. on the GPU machine, with .whl carried along:\n" + device_call)
 #
 # | fast path | agrees with float32 | on this 2-core CPU | where it pays |
 # |---|---|---|---|
-# | XLA | to ~1e-6 | tiny model: many times faster than eager; full size: at the matmul ceiling | always, once compiled |
+# | XLA | to ~1e-6 | tiny model: many times faster than eager; full size: 72-87% of the matmul rate | always, once compiled |
 # | one call of $2B$ | to float32 rounding | saves the per-call overhead $t_0$: large for tiny, a few % at full size | GPUs, small batches |
 # | compiled loop | to float32 rounding | saves the Python between steps | GPUs (steps of milliseconds) |
-# | bfloat16 / float16 | to ~1e-2 of the scale | no faster (no half arithmetic) | GPUs with tensor cores |
-# | blocked attention (the default) | the same numbers (0 difference measured) | SD's 64x64 attention 2.4x faster (`benchmarks/attention.py`) | CPUs, large images |
+# | bfloat16 / float16 | to ~1e-1 / 1e-2 of the scale | no faster: Zen 3 has no half arithmetic; Zen 5's bfloat16 matmuls run 1.8-1.9x, its whole UNet 0.8x | GPUs with tensor cores |
+# | blocked attention (the default) | the same numbers (0 difference measured) | SD's 64x64 attention 2.4x faster on the Zen 3 (`benchmarks/attention.py`) | CPUs, large images |
 # | fused attention | to ~1e-6 | no change (TensorFlow has no fused kernel) | GPUs, large images |
 #
 # Turning everything on for a GPU is one constructor and one setting:
