@@ -234,9 +234,9 @@ for hardware, peak in [("2-core Zen 3 CPU, float32 matmul rate ~135 GFLOP/s", 13
 
 # %% [markdown]
 # Ten minutes per image on the older CPU, three on the newer: that is the floor, and at full
-# size a CPU has little to give beyond keeping its multiply units busy. The tiny model costs 57 MFLOP per image and call, so 50
-# guided steps are 6 GFLOP, a twentieth of a second of arithmetic. As we will see, its time
-# goes almost entirely *between* the multiplies.
+# size a CPU has little to give beyond keeping its multiply units busy. The tiny model costs
+# 57 MFLOP per image and call, so 50 guided steps are 6 GFLOP, a twentieth of a second of
+# arithmetic. As we will see, its time goes almost entirely *between* the multiplies.
 #
 # ## 2. A stopwatch, and this CPU's ceiling
 #
@@ -831,9 +831,9 @@ plt.show()
 # idle Zen 3 (the project's design measurements) the matmul reaches 129 to 141 GFLOP/s and
 # KerasCV's guided step 105 to 120, i.e. 80 to 88% of it. Put differently: on a CPU a 512 px
 # image with 50 steps cannot take much less than the floor section 1 computed (ten minutes on
-# the Zen 3, three on the Zen 5), in sdlearn or anywhere else. The fast paths of sections 5 and 6 have little left to win
-# here; section 7's blocked attention wins at 512 px because the einsum attention there was
-# not arithmetic but memory traffic.
+# the Zen 3, three on the Zen 5), in sdlearn or anywhere else. The fast paths of sections 5
+# and 6 have little left to win here; section 7's blocked attention wins at 512 px because
+# the einsum attention there was not arithmetic but memory traffic.
 #
 # ### The GPU row is still open
 #
