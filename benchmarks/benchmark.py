@@ -91,6 +91,16 @@ def matmul_rate(matmul, repeats=5):
     return 2 * 2048 * 3072 * 3072 / best
 
 
+def keras_matmul():
+    """The product ``matmul_rate`` times, in Keras (on whichever backend it runs)."""
+    import keras
+    from keras import ops
+
+    a = keras.random.normal((2048, 3072), seed=0)
+    b = keras.random.normal((3072, 3072), seed=1)
+    return lambda: ops.convert_to_numpy(ops.matmul(a, b)[0, 0])
+
+
 def timed(result, key, fn, repeats, matmul):
     """result[key] = the best time of ``fn`` over ``repeats`` calls, each call right after a
     matmul measurement; result[key + "_matmul"] = the best matmul rate in that window. On a
@@ -131,9 +141,7 @@ def run_sdlearn(args, variant):
 
     options = dict(SDLEARN_VARIANTS[variant])
     layers.ATTENTION = options.pop("attention", layers.ATTENTION)
-    a = keras.random.normal((2048, 3072), seed=0)
-    b = keras.random.normal((3072, 3072), seed=1)
-    matmul = lambda: ops.convert_to_numpy(ops.matmul(a, b)[0, 0])  # noqa: E731
+    matmul = keras_matmul()
     result = {"framework": f"Keras {keras.__version__}, {keras.backend.backend()} backend"}
     start = time.perf_counter()
     sd = StableDiffusion(args.config, weights=None, **options)
@@ -204,9 +212,7 @@ def run_kerascv(args):
 
     from sdlearn.tokenizer import VOCAB_PATH
 
-    a = keras.random.normal((2048, 3072), seed=0)
-    b = keras.random.normal((3072, 3072), seed=1)
-    matmul = lambda: ops.convert_to_numpy(ops.matmul(a, b)[0, 0])  # noqa: E731
+    matmul = keras_matmul()
     result = {"framework": f"KerasCV 0.9 on Keras {keras.__version__}, tensorflow backend"}
     size = args.step_size if args.task == "step" else args.size
     start = time.perf_counter()
