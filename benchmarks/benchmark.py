@@ -489,7 +489,7 @@ def main():
                     {"results": {f"{n} {t}": r for (n, t), r in results.items()}}, indent=1))
     args.implementations += extra
     table, notes = rows(results, args)
-    cpu = _cpu_name()
+    cpu = cpu_name()
     print(f"\nStable Diffusion v1 ({args.config}), random weights, batch {args.batch}: guided "
           f"step at {args.step_size} px (best of {args.repeats}), generation at {args.size} px "
           f"with {args.steps} DDIM steps, guidance 7.5. {started}, {cpu}, "
@@ -503,7 +503,7 @@ def main():
              "results": {f"{n} {t}": r for (n, t), r in results.items()}}, indent=1))
 
 
-def _cpu_name():
+def cpu_name():
     try:
         info = dict(line.split(":", 1) for line in
                     Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines() if ":" in line)

@@ -207,16 +207,20 @@ def test_compiled_loop_has_no_callback(sd, monkeypatch):
         sd.text_to_image("x", num_steps=2, seed=0, callback=lambda *a: None)
 
 
-def test_benchmark_table_states_ratios_to_the_matmul_rate():
-    """benchmarks/benchmark.py's table (its measurements take minutes; its arithmetic not)."""
-    import importlib.util
+def benchmark_script(name, monkeypatch):
+    """benchmarks/<name>.py as a module, importable siblings included (they import each other)."""
+    import importlib
     from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    return importlib.import_module(name)
+
+
+def test_benchmark_table_states_ratios_to_the_matmul_rate(monkeypatch):
+    """benchmarks/benchmark.py's table (its measurements take minutes; its arithmetic not)."""
     from types import SimpleNamespace
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark", path)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = benchmark_script("benchmark", monkeypatch)
     args = SimpleNamespace(implementations=["sdlearn", "kerascv"], step_size=256, size=512,
                            steps=20, batch=1, peak_tflops=None)
     measured = {"framework": "Keras", "step_s": 3.0, "step_s_matmul": 150e9,
@@ -227,6 +231,15 @@ def test_benchmark_table_states_ratios_to_the_matmul_rate():
     # 2 UNet passes of 0.180 TFLOP in 3 s: 120 GFLOP/s, 80% of 150.
     assert "| sdlearn | Keras | 140-160 | 3.00 | 120.0 (80%) |" in table[2]
     assert len(table) == 3 and notes == ["- kerascv: skipped, not installed (keras_cv)"]
+
+
+def test_matmul_paths_table_shares_against_each_path(monkeypatch):
+    """benchmarks/matmul_paths.py's table: XLA's best matmul rate against each path's best."""
+    matmul_paths = benchmark_script("matmul_paths", monkeypatch)
+    rates = {"eager": [200e9, 240e9], matmul_paths.XLA: [150e9, 180e9], "no oneDNN": [170e9]}
+    table = matmul_paths.table(rates)
+    assert table[2:] == ["| eager | 200-240 | 75% |", f"| {matmul_paths.XLA} | 150-180 | 100% |",
+                         "| no oneDNN | 170-170 | 106% |"]
 
 
 def test_readme_performance_table_is_the_measured_one():
