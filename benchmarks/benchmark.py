@@ -91,13 +91,18 @@ def matmul_rate(matmul, repeats=5):
     return 2 * 2048 * 3072 * 3072 / best
 
 
+def matmul_operands():
+    """The (2048, 3072) and (3072, 3072) float32 operands ``matmul_rate`` counts, in Keras."""
+    import keras
+
+    return keras.random.normal((2048, 3072), seed=0), keras.random.normal((3072, 3072), seed=1)
+
+
 def keras_matmul():
     """The product ``matmul_rate`` times, in Keras (on whichever backend it runs)."""
-    import keras
     from keras import ops
 
-    a = keras.random.normal((2048, 3072), seed=0)
-    b = keras.random.normal((3072, 3072), seed=1)
+    a, b = matmul_operands()
     return lambda: ops.convert_to_numpy(ops.matmul(a, b)[0, 0])
 
 

@@ -21,18 +21,16 @@ import os
 import subprocess
 import sys
 
-from benchmark import cpu_name, keras_matmul, matmul_rate  # the sibling script
+from benchmark import cpu_name, keras_matmul, matmul_operands, matmul_rate  # the sibling script
 
 XLA = "XLA (what the models run)"
 
 
 def xla_matmul():
     """``benchmark.keras_matmul``'s product, compiled by XLA as the models are."""
-    import keras
     import tensorflow as tf
 
-    a = keras.random.normal((2048, 3072), seed=0)
-    b = keras.random.normal((3072, 3072), seed=1)
+    a, b = matmul_operands()
     product = tf.function(lambda a, b: tf.matmul(a, b)[0, 0], jit_compile=True)
     return lambda: product(a, b).numpy()
 
