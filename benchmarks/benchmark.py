@@ -409,13 +409,27 @@ def run_worker(name, task, args):
     return result
 
 
+def task_flop(args):
+    """FLOPs of one guided step, one decode and one image at the run's sizes (nan: not counted)."""
+    nan = float("nan")
+    step = 2 * args.batch * (unet_flop(args.step_size // 8) or nan)
+    decode = args.batch * (decoder_flop(args.size) or nan)
+    image = (2 * args.steps * (unet_flop(args.size // 8) or nan) + (decoder_flop(args.size) or nan)
+             + 2 * TEXT_FLOP)
+    return step, decode, image
+
+
+def achieved(flop, r, key):
+    """(FLOP/s, its share of the matmul rate around the call) of the time r[key], or None."""
+    if key not in r or flop != flop:
+        return None
+    rate = flop / r[key]
+    return rate, rate / r[key + "_matmul"]
+
+
 def rows(results, args):
     """Markdown table rows from {(name, task): result}."""
-    latent = args.step_size // 8
-    step_flop = 2 * args.batch * (unet_flop(latent) or float("nan"))
-    decode_flop = args.batch * (decoder_flop(args.size) or float("nan"))
-    image_flop = (2 * args.steps * (unet_flop(args.size // 8) or float("nan"))
-                  + (decoder_flop(args.size) or float("nan")) + 2 * TEXT_FLOP)
+    step_flop, decode_flop, image_flop = task_flop(args)
     table = ["| implementation | framework | matmul GFLOP/s | guided step s | step GFLOP/s "
              "(% of matmul) | s per image | decode s | decode GFLOP/s (% of matmul) | "
              "peak RSS GB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -434,11 +448,9 @@ def rows(results, args):
         matmuls = [m for r in (step, gen) for k, v in r.items() if k.endswith("_matmul_range")
                    for m in v]
 
-        def rate(flop, r, key):  # achieved FLOP/s, and its share of the matmul rate around it
-            if key not in r or flop != flop:
-                return ""
-            achieved = flop / r[key]
-            return f"{achieved / 1e9:.1f} ({100 * achieved / r[key + '_matmul']:.0f}%)"
+        def rate(flop, r, key):
+            rate_share = achieved(flop, r, key)
+            return f"{rate_share[0] / 1e9:.1f} ({100 * rate_share[1]:.0f}%)" if rate_share else ""
 
         cells = [name, framework,
                  f"{min(matmuls) / 1e9:.0f}-{max(matmuls) / 1e9:.0f}" if matmuls else "",
@@ -449,8 +461,8 @@ def rows(results, args):
                  rate(decode_flop, gen, "decode_s"),
                  f"{gen['peak_rss_gb']:.2f}" if "peak_rss_gb" in gen else ""]
         if args.peak_tflops:
-            achieved = image_flop / gen["image_s"] / 1e12 if "image_s" in gen else float("nan")
-            cells += [f"{achieved:.1f} ({100 * achieved / args.peak_tflops:.1f}%)",
+            tflops = image_flop / gen["image_s"] / 1e12 if "image_s" in gen else float("nan")
+            cells += [f"{tflops:.1f} ({100 * tflops / args.peak_tflops:.1f}%)",
                       f"{gen['peak_device_gb']:.1f}" if "peak_device_gb" in gen else ""]
         table.append("| " + " | ".join(cells) + " |")
     return table, notes
@@ -482,7 +494,7 @@ def main():
     if args.worker:
         return worker(args)
     args.implementations = args.implementations.split(",")
-    started = time.strftime("%Y-%m-%d %H:%M")
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = os.getloadavg()
     results = {}
     extra = [n for n in args.step_extra.split(",") if n]
@@ -504,7 +516,8 @@ def main():
     print("\n".join(table + [""] + notes))
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"args": vars(args), "cpu": cpu, "load": [load_before, os.getloadavg()],
+            {"args": vars(args), "started": started, "cpu": cpu,
+             "load": [load_before, os.getloadavg()],
              "results": {f"{n} {t}": r for (n, t), r in results.items()}}, indent=1))
 
 

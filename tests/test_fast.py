@@ -259,9 +259,48 @@ def test_readme_performance_table_is_the_measured_one():
                                   share(cells[7]), cells[8]]
     readme = (root / "README.md").read_text().split("## Performance")[1].split("\n## ")[0]
     shown = {}
-    for line in readme.splitlines():
-        if line.startswith("| ") and not line.startswith("| implementation"):
+    first_table = readme.split("| implementation")[1].split("\n\n")[0]
+    for line in first_table.splitlines()[1:]:
+        if line.startswith("| "):
             name = line.split("|")[1].split()[0].lower()
             shown[name] = re.findall(r"(\d+(?:\.\d+)?)(?: s| GB|%)", line)
     assert set(measured) == {"sdlearn", "kerascv", "diffusers"}
     assert shown == measured
+
+
+def test_readme_runs_table_is_what_runs_py_prints(monkeypatch):
+    """README's table of every recorded run is benchmarks/runs.py's, from the committed JSONs."""
+    from pathlib import Path
+
+    runs = benchmark_script("runs", monkeypatch)
+    expected = runs.table(sorted(runs.HERE.glob("cpu*.json")))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index(expected[0])
+    assert readme[start:].split("\n\n")[0].splitlines() == expected
+
+
+def test_runs_py_checks_each_target_on_what_was_measured(monkeypatch):
+    """runs.py's verdicts: a target counts only where its run measured it, and a share is of
+    the matmul rate around that very call."""
+    runs = benchmark_script("runs", monkeypatch)
+    step = {"sdlearn": 0.848, "kerascv": 0.81}
+    assert runs.targets(step, {}, {}, {}) == {"step >= 85%": False}
+    met = runs.targets({"sdlearn": 0.9}, {"sdlearn": 0.76},
+                       {"sdlearn": 240.0, "kerascv": 270.0, "diffusers": 239.0},
+                       {"sdlearn": 6.5, "kerascv": 7.0})
+    assert met == {"step >= 85%": True, "decode >= 75%": True, "image <= KerasCV": True,
+                   "image <= diffusers": False, "memory <= KerasCV": True}
+    args = runs.SimpleNamespace(step_size=256, size=512, steps=20, batch=1)
+    results = {("sdlearn", "step"): {"step_s": 3.0, "step_s_matmul": 150e9}}
+    # 2 UNet passes of 0.180 TFLOP in 3 s: 120 GFLOP/s, 80% of 150.
+    assert runs.shares(args, results, "step", "step_s", 0) == {"sdlearn": 0.8}
+
+
+def test_runs_py_refuses_the_json_of_a_run_cut_short(monkeypatch, tmp_path):
+    runs = benchmark_script("runs", monkeypatch)
+    cut_short = tmp_path / "cut.json"
+    cut_short.write_text('{"results": {}}')  # what benchmark.py has written after one worker
+    with pytest.raises(SystemExit, match="no args, cpu: not the JSON of a finished"):
+        runs.load(cut_short)
+    with pytest.raises(SystemExit, match="not a readable JSON file"):
+        runs.load(tmp_path / "missing.json")
