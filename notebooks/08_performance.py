@@ -792,6 +792,32 @@ plt.show()
 # 406 s). At 256 px there are 1,024 tokens, not 4,096: the scores are 16 times smaller and
 # the arithmetic dominates either way.
 #
+# One run on one machine is one sample. Every side-by-side run the project has recorded, on the
+# three processors its machines have had, is checked against the five CPU targets by
+# `benchmarks/runs.py`, from the JSON each run wrote (it reads; it measures nothing):
+
+# %%
+import sys
+
+sys.path.insert(0, str(ROOT / "benchmarks"))  # runs.py imports benchmark.py's FLOP counts
+import runs  # noqa: E402
+
+_, recorded = table_rows("\n".join(runs.table(sorted((ROOT / "benchmarks").glob("cpu*.json")))))
+print(f"{'run (JSON)':<21} {'CPU':<22} {'s per 512 px image':<22} {'step, % mm':<22} "
+      f"{'decode, % mm':<17} targets met")
+for name, cpu, _, image, step, decode, _, met in recorded:
+    cpu = re.sub(r"^(AMD|Intel).*\(family (\d+), model (\d+)\)", r"\1 family \2/\3", cpu)
+    print(f"{name:<21} {cpu:<22} {image:<22} {step:<22} {decode:<17} {met}")
+print("(each cell: sdlearn / KerasCV / diffusers; family 25 is AMD Zen 3, 26 Zen 5, "
+      "Intel 6/106 Ice Lake)")
+
+# %% [markdown]
+# sdlearn is the fastest per image in every full run, and its decode is at or within a point of
+# 75% everywhere. The guided step is the target it misses: 72-85% in the full runs on the AMD
+# machines, 53% on the Intel Ice Lake, where TensorFlow's eager matmul (the ceiling) runs
+# through oneDNN and XLA's own matmul reaches 84% of it (`benchmarks/matmul_paths.py`). Only a
+# step-only run on the Zen 3 went past 85%.
+#
 # The side-by-side run times each implementation minutes apart; on a virtual machine the rate
 # of the cores drifts by tens of percent in that time (the matmul ranges in RESULTS.md). The
 # interleaved A/B below removes that: sdlearn's UNet and KerasCV's, with the same weights,
