@@ -81,7 +81,8 @@ def row(path):
     verdict = f"{sum(met.values())} of {len(met)}" + (f"; missed: {', '.join(missed)}"
                                                       if missed else "")
     return "| " + " | ".join([
-        Path(path).name, cpu, f"{min(matmuls) / 1e9:.0f}-{max(matmuls) / 1e9:.0f}",
+        Path(path).name, cpu,
+        f"{min(matmuls) / 1e9:.0f}-{max(matmuls) / 1e9:.0f}" if matmuls else "-",
         each(image, lambda s: f"{s:.1f}"), each(step, lambda s: f"{100 * s:.1f}%"),
         each(decode, lambda s: f"{100 * s:.0f}%"), each(rss, lambda gb: f"{gb:.2f}"),
         verdict]) + " |"

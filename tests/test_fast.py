@@ -221,8 +221,8 @@ def test_benchmark_table_states_ratios_to_the_matmul_rate(monkeypatch):
     from types import SimpleNamespace
 
     benchmark = benchmark_script("benchmark", monkeypatch)
-    args = SimpleNamespace(implementations=["sdlearn", "kerascv"], step_size=256, size=512,
-                           steps=20, batch=1, peak_tflops=None)
+    args = SimpleNamespace(implementations=["sdlearn", "kerascv"], config="sd-v1",
+                           step_size=256, size=512, steps=20, batch=1, peak_tflops=None)
     measured = {"framework": "Keras", "step_s": 3.0, "step_s_matmul": 150e9,
                 "step_s_matmul_range": [140e9, 160e9]}
     table, notes = benchmark.rows({("sdlearn", "step"): measured,
@@ -231,6 +231,10 @@ def test_benchmark_table_states_ratios_to_the_matmul_rate(monkeypatch):
     # 2 UNet passes of 0.180 TFLOP in 3 s: 120 GFLOP/s, 80% of 150.
     assert "| sdlearn | Keras | 140-160 | 3.00 | 120.0 (80%) |" in table[2]
     assert len(table) == 3 and notes == ["- kerascv: skipped, not installed (keras_cv)"]
+    # The toy configuration's FLOPs are not counted: no share of the matmul rate is claimed.
+    args.config = "test"
+    table, _ = benchmark.rows({("sdlearn", "step"): measured}, args)
+    assert "| sdlearn | Keras | 140-160 | 3.00 |  |" in table[2]
 
 
 def test_matmul_paths_table_shares_against_each_path(monkeypatch):
@@ -290,7 +294,7 @@ def test_runs_py_checks_each_target_on_what_was_measured(monkeypatch):
                        {"sdlearn": 6.5, "kerascv": 7.0})
     assert met == {"step >= 85%": True, "decode >= 75%": True, "image <= KerasCV": True,
                    "image <= diffusers": False, "memory <= KerasCV": True}
-    args = runs.SimpleNamespace(step_size=256, size=512, steps=20, batch=1)
+    args = runs.SimpleNamespace(config="sd-v1", step_size=256, size=512, steps=20, batch=1)
     results = {("sdlearn", "step"): {"step_s": 3.0, "step_s_matmul": 150e9}}
     # 2 UNet passes of 0.180 TFLOP in 3 s: 120 GFLOP/s, 80% of 150.
     assert runs.shares(args, results, "step", "step_s", 0) == {"sdlearn": 0.8}
