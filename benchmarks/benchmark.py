@@ -430,6 +430,13 @@ def achieved(flop, r, key):
     return rate, rate / r[key + "_matmul"]
 
 
+def matmul_span(measured):
+    """"low-high" GFLOP/s of the matmul rates measured around the calls of ``measured`` (result
+    dicts), or "" if none were."""
+    rates = [m for r in measured for k, v in r.items() if k.endswith("_matmul_range") for m in v]
+    return f"{min(rates) / 1e9:.0f}-{max(rates) / 1e9:.0f}" if rates else ""
+
+
 def rows(results, args):
     """Markdown table rows from {(name, task): result}."""
     step_flop, decode_flop, image_flop = task_flop(args)
@@ -448,15 +455,13 @@ def rows(results, args):
         if all("skipped" in r or not r for r in (step, gen)):
             continue
         framework = step.get("framework") or gen.get("framework")
-        matmuls = [m for r in (step, gen) for k, v in r.items() if k.endswith("_matmul_range")
-                   for m in v]
 
         def rate(flop, r, key):
             rate_share = achieved(flop, r, key)
             return f"{rate_share[0] / 1e9:.1f} ({100 * rate_share[1]:.0f}%)" if rate_share else ""
 
         cells = [name, framework,
-                 f"{min(matmuls) / 1e9:.0f}-{max(matmuls) / 1e9:.0f}" if matmuls else "",
+                 matmul_span((step, gen)),
                  f"{step['step_s']:.2f}" if "step_s" in step else "",
                  rate(step_flop, step, "step_s"),
                  f"{gen['image_s']:.1f}" if "image_s" in gen else "",

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from benchmark import achieved, task_flop
+from benchmark import achieved, matmul_span, task_flop
 
 HERE = Path(__file__).resolve().parent
 IMPLEMENTATIONS = ("sdlearn", "kerascv", "diffusers")
@@ -64,14 +64,13 @@ def targets(step, decode, image, rss):
     return met
 
 
-def row(path):
+def cells(path):
+    """One run's row of ``table``, as its cells."""
     args, results, cpu = load(path)
     step = shares(args, results, "step", "step_s", 0)
     decode = shares(args, results, "generate", "decode_s", 1)
     image = measured(results, "generate", "image_s")
     rss = measured(results, "generate", "peak_rss_gb")
-    matmuls = [m for (name, _), r in results.items() if name == "sdlearn" for k, v in r.items()
-               if k.endswith("_matmul_range") for m in v]  # the rate sdlearn's shares are of
     met = targets(step, decode, image, rss)
 
     def each(values, fmt):  # sdlearn / KerasCV / diffusers, "-" where not measured
@@ -80,18 +79,17 @@ def row(path):
     missed = [name for name, ok in met.items() if not ok]
     verdict = f"{sum(met.values())} of {len(met)}" + (f"; missed: {', '.join(missed)}"
                                                       if missed else "")
-    return "| " + " | ".join([
-        Path(path).name, cpu,
-        f"{min(matmuls) / 1e9:.0f}-{max(matmuls) / 1e9:.0f}" if matmuls else "-",
-        each(image, lambda s: f"{s:.1f}"), each(step, lambda s: f"{100 * s:.1f}%"),
-        each(decode, lambda s: f"{100 * s:.0f}%"), each(rss, lambda gb: f"{gb:.2f}"),
-        verdict]) + " |"
+    sdlearn = [r for (name, _), r in results.items() if name == "sdlearn"]  # its shares' rate
+    return [Path(path).name, cpu, matmul_span(sdlearn) or "-",
+            each(image, lambda s: f"{s:.1f}"), each(step, lambda s: f"{100 * s:.1f}%"),
+            each(decode, lambda s: f"{100 * s:.0f}%"), each(rss, lambda gb: f"{gb:.2f}"), verdict]
 
 
 def table(paths):
-    return ["| run (JSON) | CPU | sdlearn's matmul GFLOP/s | s per 512 px image | guided 256 px step, "
-            "% of matmul | decode 512 px, % of matmul | peak RSS GB | targets met |",
-            "|---|---|---:|---:|---:|---:|---:|---|"] + [row(p) for p in paths]
+    header = ["| run (JSON) | CPU | sdlearn's matmul GFLOP/s | s per 512 px image | guided 256 px "
+              "step, % of matmul | decode 512 px, % of matmul | peak RSS GB | targets met |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
+    return header + ["| " + " | ".join(cells(path)) + " |" for path in paths]
 
 
 def main():

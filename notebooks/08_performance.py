@@ -802,7 +802,7 @@ import sys
 sys.path.insert(0, str(ROOT / "benchmarks"))  # runs.py imports benchmark.py's FLOP counts
 import runs  # noqa: E402
 
-_, recorded = table_rows("\n".join(runs.table(sorted((ROOT / "benchmarks").glob("cpu*.json")))))
+recorded = [runs.cells(path) for path in sorted((ROOT / "benchmarks").glob("cpu*.json"))]
 print(f"{'run (JSON)':<21} {'CPU':<22} {'s per 512 px image':<22} {'step, % mm':<22} "
       f"{'decode, % mm':<17} targets met")
 for name, cpu, _, image, step, decode, _, met in recorded:
