@@ -22,13 +22,10 @@ import time
 
 import numpy as np
 
-from sdlearn import sampler, shapes
+from sdlearn import shapes
 from sdlearn.checks import positive_int
 from sdlearn.config import TINY
-from sdlearn.text_encoder import TextEncoder
-from sdlearn.tokenizer import Tokenizer
-from sdlearn.unet import UNet
-from sdlearn.vae import Decoder
+from sdlearn.pipeline import StableDiffusion
 
 ATTRIBUTES = ("colour", "shape", "position", "background", "size", "all")
 DEFAULT_GUIDANCE = TINY.guidance_scale  # the tiny model's default
@@ -44,12 +41,10 @@ def evaluation_scenes(num_seen=160, num_held_out=96, seed=0):
             "held-out": shapes.sample_scenes(num_held_out, seed + 1, "heldout")}
 
 
-class TinyModel:
-    """The three models generation needs, with the tiny weights (shipped, or ``directory``).
-
-    What ``sdlearn.pipeline.StableDiffusion("tiny")`` runs (the same sampler, the same
-    compiled model calls), except that the latent scale comes from the weights' manifest, so
-    the output of any training run can be evaluated, not only the shipped one.
+class TinyModel(StableDiffusion):
+    """``StableDiffusion("tiny")`` with the weights of ``directory`` (default: the shipped ones)
+    and the latent scale from its manifest, so the output of any training run can be
+    evaluated, not only the shipped one; plus ``generate``, which seeds each image on its own.
     ``jit_compile=False`` runs plain graphs: slower calls, but no XLA compiling (seconds per
     model and input shape), which wins for a few dozen images.
     """
@@ -57,19 +52,9 @@ class TinyModel:
     def __init__(self, directory=None, jit_compile=True):
         from sdlearn.train import tiny_config, tiny_manifest, tiny_weights
 
-        paths = tiny_weights(directory)  # checks every file's SHA-256
-        self.config = tiny_config(tiny_manifest(directory)["latent_scale"])
-        self.text_encoder = TextEncoder(self.config.text_encoder)
-        self.unet = UNet(self.config.unet)
-        self.decoder = Decoder(self.config.vae)
-        for name in ("text_encoder", "unet", "decoder"):  # as the pipeline: XLA by default
-            getattr(self, name).load_weights(paths[name])
-            getattr(self, name).compile(jit_compile=jit_compile)
-        self.tokenizer = Tokenizer()
-        self.unconditional_context = self.encode([""])  # (1, 77, D): the empty prompt
-
-    def encode(self, prompts):
-        return self.text_encoder.predict_on_batch(self.tokenizer(prompts))  # (B, 77, D)
+        super().__init__("tiny", weights=tiny_weights(directory),  # checks every SHA-256
+                         config=tiny_config(tiny_manifest(directory)["latent_scale"]),
+                         jit_compile=jit_compile)
 
     def generate(self, prompts, seeds, guidance_scale=DEFAULT_GUIDANCE, num_steps=50):
         """One image per (prompt, seed): (B, 64, 64, 3) uint8. Image i starts from the noise
@@ -78,10 +63,8 @@ class TinyModel:
         shape = (side, side, self.config.vae.latent_channels)  # (8, 8, 4)
         noise = np.stack([np.random.default_rng(s).standard_normal(shape, dtype="float32")
                           for s in seeds])
-        latents = sampler.sample(self.unet.predict_on_batch, noise, self.encode(prompts),
-                                 self.unconditional_context, num_steps, guidance_scale)
-        images = self.decoder.predict_on_batch(latents)  # (B, 64, 64, 3) in about [-1, 1]
-        return np.clip((images + 1.0) * 127.5, 0, 255).astype("uint8")
+        return self.text_to_image(prompts, batch_size=len(prompts), num_steps=num_steps,
+                                  guidance_scale=guidance_scale, noise=noise)
 
 
 def evaluate(model=None, num_seen=160, num_held_out=96, guidance_scales=(1.0, DEFAULT_GUIDANCE),

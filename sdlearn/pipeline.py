@@ -50,6 +50,8 @@ class StableDiffusion:
     ``weights``: "default" (the track's own: shipped for "tiny", downloaded for "sd-v1"), a
     dict {"text_encoder"|"unet"|"decoder"|"image_encoder": path to .h5}, or None for random
     weights (``self.weights_source`` then says "random": such pictures are noise, not results).
+    ``config``: the track's preset by default, or another configuration of the same track
+    (``sdlearn.evaluate.TinyModel`` passes a training run's, which has its own latent scale).
     ``jit_compile``: run each model through XLA (the first call at a new shape compiles it).
     The other switches are fast paths (``sdlearn/fast.py`` explains and measures them); the
     defaults are the readable path. ``batched_guidance=False``: KerasCV's two UNet calls per
@@ -58,8 +60,9 @@ class StableDiffusion:
     """
 
     def __init__(self, model="tiny", weights="default", download=False, jit_compile=True,
-                 batched_guidance=True, compiled_loop=False, dtype_policy="float32"):
-        self.model_name, self.config = model, get_config(model)
+                 batched_guidance=True, compiled_loop=False, dtype_policy="float32",
+                 config=None):
+        self.model_name, self.config = model, config or get_config(model)
         if isinstance(weights, str) and weights != "default":
             raise ValueError(f"weights must be 'default', a dict of paths or None, got {weights!r}")
         self.weights = default_weights(model, download) if weights == "default" else weights

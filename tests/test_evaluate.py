@@ -1,10 +1,14 @@
 """Tests for sdlearn.evaluate: the shipped tiny model follows prompts, seen and held-out."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
 from sdlearn import cli, evaluate
 from sdlearn.evaluate import DEFAULT_GUIDANCE
+from sdlearn.train import MANIFEST, SHIPPED_DIR
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +75,22 @@ def test_graph_mode_draws_what_xla_draws(model):
     np.testing.assert_allclose(graph.generate(prompts, seeds=[3], num_steps=10).astype(int),
                                model.generate(prompts, seeds=[3], num_steps=10).astype(int),
                                atol=2)
+
+
+def test_a_training_runs_folder_brings_its_own_latent_scale(model, tmp_path):
+    # What `sdlearn train` writes: the weight files and a manifest with the latent scale it
+    # measured. Same files, half the shipped scale: the decoder's first layer divides the
+    # latent by the scale, so the new model decodes x as the shipped one decodes 2x.
+    folder = tmp_path / "run"
+    shutil.copytree(SHIPPED_DIR, folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["latent_scale"] = half = manifest["latent_scale"] / 2
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    run = evaluate.TinyModel(folder, jit_compile=False)
+    assert run.config.vae.latent_scale == half and model.config.vae.latent_scale == 2 * half
+    latent = np.random.default_rng(0).standard_normal((1, 8, 8, 4)).astype("float32")
+    np.testing.assert_allclose(run.decoder.predict_on_batch(latent),
+                               model.decoder.predict_on_batch(2 * latent), atol=1e-5)
 
 
 def test_markdown_table(result):
