@@ -793,7 +793,7 @@ plt.show()
 # the arithmetic dominates either way.
 #
 # One run on one machine is one sample. Every side-by-side run the project has recorded, on the
-# three processors its machines have had, is checked against the five CPU targets by
+# four processors its machines have had, is checked against the five CPU targets by
 # `benchmarks/runs.py`, from the JSON each run wrote (it reads; it measures nothing):
 
 # %%
@@ -808,15 +808,16 @@ print(f"{'run (JSON)':<21} {'CPU':<22} {'s per 512 px image':<22} {'step, % mm':
 for name, cpu, _, image, step, decode, _, met in recorded:
     cpu = re.sub(r"^(AMD|Intel).*\(family (\d+), model (\d+)\)", r"\1 family \2/\3", cpu)
     print(f"{name:<21} {cpu:<22} {image:<22} {step:<22} {decode:<17} {met}")
-print("(each cell: sdlearn / KerasCV / diffusers; family 25 is AMD Zen 3, 26 Zen 5, "
+print("(each cell: sdlearn / KerasCV / diffusers; AMD 25/1 is Zen 3, 25/17 Zen 4, 26/2 Zen 5; "
       "Intel 6/106 Ice Lake)")
 
 # %% [markdown]
-# sdlearn is the fastest per image in every full run, and its decode is at or within a point of
-# 75% everywhere. The guided step is the target it misses: 72-85% in the full runs on the AMD
-# machines, 53% on the Intel Ice Lake, where TensorFlow's eager matmul (the ceiling) runs
-# through oneDNN and XLA's own matmul reaches 84% of it (`benchmarks/matmul_paths.py`). Only a
-# step-only run on the Zen 3 went past 85%.
+# sdlearn is the fastest per image in every full run (on the Zen 4 by only 2%, inside one run's
+# noise), and its decode is at or within a point of 75% everywhere. The guided step is the
+# target it misses: 72-85% in the full runs on the AMD machines, 53% on the Intel Ice Lake,
+# where TensorFlow's eager matmul (the ceiling) runs through oneDNN and XLA's own matmul reaches
+# 84% of it (`benchmarks/matmul_paths.py`; 95% on the Zen 4). Only a step-only run on the Zen 3
+# went past 85%.
 #
 # The side-by-side run times each implementation minutes apart; on a virtual machine the rate
 # of the cores drifts by tens of percent in that time (the matmul ranges in RESULTS.md). The
