@@ -283,6 +283,20 @@ def test_readme_runs_table_is_what_runs_py_prints(monkeypatch):
     assert readme[start:].split("\n\n")[0].splitlines() == expected
 
 
+def test_results_md_tables_are_the_recorded_runs(monkeypatch):
+    """Each committed run's table in benchmarks/RESULTS.md is what benchmark.py prints from that
+    run's JSON, row for row: the tables are the measurements, not typed in by hand."""
+    runs = benchmark_script("runs", monkeypatch)
+    benchmark = benchmark_script("benchmark", monkeypatch)
+    results_md = (runs.HERE / "RESULTS.md").read_text()
+    paths = sorted(runs.HERE.glob("cpu*.json"))
+    assert len(paths) >= 7  # the runs recorded so far
+    for path in paths:
+        args, results, _ = runs.load(path)
+        table, _ = benchmark.rows(results, args)
+        assert "\n".join(table[2:]) in results_md, f"{path.name}'s rows are not in RESULTS.md"
+
+
 def test_runs_py_checks_each_target_on_what_was_measured(monkeypatch):
     """runs.py's verdicts: a target counts only where its run measured it, and a share is of
     the matmul rate around that very call."""
