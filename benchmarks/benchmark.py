@@ -16,8 +16,9 @@ the best matmul rate of that window (``timed``). Two tasks:
   update), timed ``--repeats`` times after a warm-up (which compiles), at ``--step-size`` px.
   Reported: the best step, in seconds and as FLOP/s (REFERENCE.md's FLOP counts).
 - ``generate``: text to image end to end (encode both prompts, ``--steps`` steps, decode) at
-  ``--size`` px after a warm-up generation of 1 step (which compiles), then the decoder alone,
-  best of ``--decode-repeats``. Reported: time per image, decode time and FLOP/s, peak RSS.
+  ``--size`` px after a warm-up generation of 1 step (which compiles; of ``--steps`` steps for
+  a compiled loop, one program per number of steps), then the decoder alone, best of
+  ``--decode-repeats``. Reported: time per image, decode time and FLOP/s, peak RSS.
 
 Implementations (``--implementations``, comma-separated; one missing is skipped with a note):
     sdlearn           the defaults: XLA per model, one UNet call of 2B per step, Python loop,
@@ -180,15 +181,19 @@ def run_sdlearn(args, variant):
     def generate(num_steps):
         sd.text_to_image(PROMPT, batch_size=batch, num_steps=num_steps, seed=0,
                          image_size=args.size)
+    # A compiled loop is one program per number of steps (sdlearn.fast.CompiledDDIM): its
+    # warm-up runs all of them, or the timed generation would include compiling it.
+    warmup_steps = args.steps if sd.compiled_loop else 1
     return _generate(result, generate, lambda latent: sd.decode(latent), args,
-                     (batch, args.size // 8, args.size // 8, 4), matmul)
+                     (batch, args.size // 8, args.size // 8, 4), matmul, warmup_steps)
 
 
-def _generate(result, generate, decode, args, latent_shape, matmul):
+def _generate(result, generate, decode, args, latent_shape, matmul, warmup_steps=1):
     """Shared by all implementations: warm-up, timed generation, peak memory, decoder alone."""
     import numpy as np
 
-    generate(1)  # warm-up: compiles every model at this size
+    generate(warmup_steps)  # warm-up: compiles every model at this size
+    result["warmup_steps"] = warmup_steps
     timed(result, "image_s", lambda: generate(args.steps), 1, matmul)
     result["image_s"] /= args.batch
     result["peak_rss_gb"] = peak_rss_gb()

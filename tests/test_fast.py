@@ -283,6 +283,34 @@ def test_readme_runs_table_is_what_runs_py_prints(monkeypatch):
     assert readme[start:].split("\n\n")[0].splitlines() == expected
 
 
+def test_benchmark_times_no_compiling_of_the_loop(monkeypatch):
+    """benchmark.py times a generation after a warm-up one. A compiled loop is one program per
+    number of steps, so the warm-up must build the loop the timed generation runs; otherwise
+    the GPU recipe's sdlearn-fast would time XLA compiling its 50-step loop."""
+    from types import SimpleNamespace
+
+    benchmark = benchmark_script("benchmark", monkeypatch)
+    timing, built_while_timing = [], []
+    real_timed, real_init = benchmark.timed, fast.CompiledDDIM.__init__
+
+    def timed(result, key, *rest):
+        timing.append(key)
+        real_timed(result, key, *rest)
+        timing.pop()
+
+    def init(self, *args, **kwargs):
+        built_while_timing.extend(timing)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "timed", timed)
+    monkeypatch.setattr(fast.CompiledDDIM, "__init__", init)
+    args = SimpleNamespace(config="test", task="generate", size=64, steps=3, batch=1,
+                           decode_repeats=1)
+    result = benchmark.run_sdlearn(args, "sdlearn-loop")
+    assert result["image_s"] > 0 and result["warmup_steps"] == 3
+    assert built_while_timing == []
+
+
 def test_results_md_tables_are_the_recorded_runs(monkeypatch):
     """Each committed run's table in benchmarks/RESULTS.md is what benchmark.py prints from that
     run's JSON, row for row: the tables are the measurements, not typed in by hand."""
