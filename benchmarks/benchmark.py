@@ -184,8 +184,21 @@ def run_sdlearn(args, variant):
     # A compiled loop is one program per number of steps (sdlearn.fast.CompiledDDIM): its
     # warm-up runs all of them, or the timed generation would include compiling it.
     warmup_steps = args.steps if sd.compiled_loop else 1
-    return _generate(result, generate, lambda latent: sd.decode(latent), args,
-                     (batch, args.size // 8, args.size // 8, 4), matmul, warmup_steps)
+    result = _generate(result, generate, lambda latent: sd.decode(latent), args,
+                       (batch, args.size // 8, args.size // 8, 4), matmul, warmup_steps)
+    peak = jax_peak_device_gb() if keras.backend.backend() == "jax" else None
+    if peak is not None:
+        result["peak_device_gb"] = peak  # a GPU's, as diffusers' row has PyTorch's
+    return result
+
+
+def jax_peak_device_gb():
+    """The most memory in use at once on JAX's first device so far, in GB; None where the
+    device keeps no such statistics (a CPU)."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None
 
 
 def _generate(result, generate, decode, args, latent_shape, matmul, warmup_steps=1):

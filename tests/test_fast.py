@@ -311,6 +311,22 @@ def test_benchmark_times_no_compiling_of_the_loop(monkeypatch):
     assert built_while_timing == []
 
 
+def test_benchmark_reads_a_gpus_peak_memory_from_jax(monkeypatch):
+    """On the GPU machine sdlearn's row gets the device's peak memory, as diffusers' gets
+    PyTorch's; a CPU device keeps no statistics, so there is none to report."""
+    import jax
+
+    benchmark = benchmark_script("benchmark", monkeypatch)
+    assert jax.local_devices()[0].platform == "cpu" and benchmark.jax_peak_device_gb() is None
+
+    class GPU:
+        def memory_stats(self):  # what JAX's CUDA devices report, among other counters
+            return {"bytes_in_use": 1_000_000_000, "peak_bytes_in_use": 4_500_000_000}
+
+    monkeypatch.setattr(jax, "local_devices", lambda: [GPU()])
+    assert benchmark.jax_peak_device_gb() == 4.5
+
+
 def test_results_md_tables_are_the_recorded_runs(monkeypatch):
     """Each committed run's table in benchmarks/RESULTS.md is what benchmark.py prints from that
     run's JSON, row for row: the tables are the measurements, not typed in by hand."""
