@@ -132,6 +132,7 @@ SDLEARN_VARIANTS = {
     "sdlearn-fp16": {"dtype_policy": "mixed_float16"},
     "sdlearn-einsum": {"attention": "einsum"},
     "sdlearn-fused": {"attention": "fused"},
+    "sdlearn-winograd": {"convolution": "winograd"},
     "sdlearn-fast": {"compiled_loop": True, "attention": "fused",
                      "dtype_policy": "mixed_bfloat16"},
 }
@@ -147,6 +148,7 @@ def run_sdlearn(args, variant):
 
     options = dict(SDLEARN_VARIANTS[variant])
     layers.ATTENTION = options.pop("attention", layers.ATTENTION)
+    layers.CONVOLUTION = options.pop("convolution", layers.CONVOLUTION)
     matmul = keras_matmul()
     result = {"framework": f"Keras {keras.__version__}, {keras.backend.backend()} backend"}
     start = time.perf_counter()

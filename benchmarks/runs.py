@@ -7,7 +7,9 @@ Each JSON is what ``benchmark.py --json`` wrote: the run's arguments, its CPU an
 measurements. The targets, all measured in the same run: sdlearn's guided step at >= 85% and its
 512 px decode at >= 75% of the matmul rate around them; its time per image no slower than
 KerasCV's and diffusers'; its peak memory no higher than KerasCV's. A run that measured only
-some of these (a step-only run) is checked on those.
+some of these (a step-only run) is checked on those. A run that also measured sdlearn with
+Winograd's convolutions (``sdlearn-winograd``, a fast path that is not the default) has a second
+row, which checks that configuration against the same KerasCV and diffusers.
 """
 
 import argparse
@@ -19,6 +21,7 @@ from benchmark import achieved, matmul_span, task_flop
 
 HERE = Path(__file__).resolve().parent
 IMPLEMENTATIONS = ("sdlearn", "kerascv", "diffusers")
+SDLEARN_ROWS = ("sdlearn", "sdlearn-winograd")  # each measured one is checked in its own row
 
 
 def load(path):
@@ -64,9 +67,11 @@ def targets(step, decode, image, rss):
     return met
 
 
-def cells(path):
-    """One run's row of ``table``, as its cells."""
+def cells(path, ours="sdlearn"):
+    """One run's row of ``table``, as its cells, with ``ours`` in sdlearn's place."""
     args, results, cpu = load(path)
+    results = {("sdlearn" if name == ours else name, task): r for (name, task), r in results.items()
+               if name not in SDLEARN_ROWS or name == ours}
     step = shares(args, results, "step", "step_s", 0)
     decode = shares(args, results, "generate", "decode_s", 1)
     image = measured(results, "generate", "image_s")
@@ -80,7 +85,8 @@ def cells(path):
     verdict = f"{sum(met.values())} of {len(met)}" + (f"; missed: {', '.join(missed)}"
                                                       if missed else "")
     sdlearn = [r for (name, _), r in results.items() if name == "sdlearn"]  # its shares' rate
-    return [Path(path).name, cpu, matmul_span(sdlearn) or "-",
+    run = Path(path).name + ("" if ours == "sdlearn" else f" ({ours})")
+    return [run, cpu, matmul_span(sdlearn) or "-",
             each(image, lambda s: f"{s:.1f}"), each(step, lambda s: f"{100 * s:.1f}%"),
             each(decode, lambda s: f"{100 * s:.0f}%"), each(rss, lambda gb: f"{gb:.2f}"), verdict]
 
@@ -89,7 +95,8 @@ def table(paths):
     header = ["| run (JSON) | CPU | sdlearn's matmul GFLOP/s | s per 512 px image | guided 256 px "
               "step, % of matmul | decode 512 px, % of matmul | peak RSS GB | targets met |",
               "|---|---|---:|---:|---:|---:|---:|---|"]
-    return header + ["| " + " | ".join(cells(path)) + " |" for path in paths]
+    return header + ["| " + " | ".join(cells(path, ours)) + " |" for path in paths
+                      for ours in SDLEARN_ROWS if ours in {name for name, _ in load(path)[1]}]
 
 
 def main():

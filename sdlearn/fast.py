@@ -17,6 +17,8 @@ one computes the same numbers as the plain float32 path:
     attention in cache-sized blocks   sdlearn.layers.ATTENTION = "blocked"         same math, ~1e-7
                                       (default); "einsum": all heads at once
     fused attention kernel            sdlearn.layers.ATTENTION = "fused"           same math, ~1e-6
+    3x3 convolutions by Winograd's    sdlearn.layers.CONVOLUTION = "winograd"      4/9 of the
+    F(2x2, 3x3)                       ("direct", the default: Keras's Conv2D)      multiplies, ~1e-6
 
 Where the time goes. One guided step at 512 px is two UNet passes of 0.803 TFLOP; almost all of
 it is convolutions and matrix multiplies. A CPU's float32 matrix multiply is the ceiling: a

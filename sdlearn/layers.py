@@ -29,6 +29,20 @@ BLOCKED_ABOVE = 2 ** 17
 # (512 KB L2 + half of a 32 MB L3). At 4096 keys that is 256 queries per block.
 BLOCK_SCORES = 2 ** 20
 
+# The convolution switch (a fast path, see sdlearn/fast.py), read when a model is traced, like
+# ATTENTION:
+#   "direct"    every convolution as Keras computes it (the default: what the reference does).
+#   "winograd"  3x3 convolutions by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray,
+#               2016): 16 multiplies per 2x2 block of outputs and pair of channels instead of
+#               36. The same numbers to float32 rounding (~1e-6), in less time on a CPU, for
+#               more memory (see ``winograd_conv`` and benchmarks/RESULTS.md).
+CONVOLUTION = "direct"
+CONVOLUTIONS = ("direct", "winograd")
+# Winograd only for kernels of at most this many output channels: XLA's schedule keeps the
+# transformed copies of the kernels (16/9 of each kernel's size) in memory all at once; with SD's
+# 1280-wide kernels included that took 3.4 GB more at 512 px, without them 0.45 GB.
+WINOGRAD_MAX_WIDTH = 640
+
 
 def attention_weights(q, k, causal=False):
     """How much each query attends to each key: softmax(q k^T / sqrt(d)).
@@ -152,9 +166,70 @@ class MultiHeadAttention(Composite):
         return self.to_out(ops.reshape(out, ops.shape(x)[:-1] + (width,)))
 
 
+# F(2x2, 3x3): from a 4x4 tile d of the input and a 3x3 kernel g, the tile's 2x2 outputs are
+#     Y = A^T [(G g G^T) * (B^T d B)] A        (* elementwise: the only 16 multiplies)
+# Tiles overlap by 2 (each output needs its 3x3 neighbourhood); G g G^T is computed once per call.
+WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))  # B^T, (4, 4)
+WINOGRAD_G = ((1, 0, 0), (.5, .5, .5), (.5, -.5, .5), (0, 0, 1))  # G, (4, 3)
+WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))  # A^T, (2, 4)
+
+
+def combine(matrix, parts):
+    """A small constant matrix times a list of tensors: [sum_i matrix[a][i] * parts[i] for a].
+
+    Written as sums (the entries are 0, +-1 and +-1/2), XLA fuses each into one pass over
+    memory; as an einsum it would become a matrix multiply with rows of 4, several times slower.
+    """
+    return [sum(c * part for c, part in zip(row, parts) if c) for row in matrix]
+
+
+def winograd_kernel(kernel):
+    """G g G^T for every pair of channels: (3, 3, C_in, C_out) -> 16 x (C_in, C_out)."""
+    rows = combine(WINOGRAD_G, [kernel[i] for i in range(3)])  # 4 x (3, C_in, C_out)
+    return [t for r in rows for t in combine(WINOGRAD_G, [r[j] for j in range(3)])]
+
+
+def winograd_conv(x, kernel):
+    """The 3x3 "same" convolution of x (H and W even) by F(2x2, 3x3), in float32 rounding.
+
+    x: (B, H, W, C_in), kernel: (3, 3, C_in, C_out) -> (B, H, W, C_out). Output block (r, s),
+    pixels 2r..2r+1 by 2s..2s+1, reads rows 2r..2r+3 and columns 2s..2s+3 of the zero-padded
+    x: row i of every tile at once is the strided slice p[:, i::2]. Each of the 16 products
+    sums over C_in: 16 matrix products of (B*H*W/4, C_in) by (C_in, C_out), 4/9 of the direct
+    convolution's arithmetic; the transforms are additions. The transformed tiles and the
+    products are each 4x the size of the image (memory that the direct convolution never uses).
+    """
+    h, w, c_in, c_out = x.shape[1], x.shape[2], kernel.shape[2], kernel.shape[3]
+    n, m = h // 2, w // 2  # blocks down and across
+    p = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # (B, H+2, W+2, C_in)
+    rows = combine(WINOGRAD_BT, [p[:, i:i + 2 * n:2] for i in range(4)])  # 4 x (B, n, W+2, C_in)
+    v = [t for r in rows for t in combine(WINOGRAD_BT, [r[:, :, j:j + 2 * m:2] for j in range(4)])]
+    products = [ops.reshape(ops.matmul(ops.reshape(t, (-1, c_in)), g), (-1, n, m, c_out))
+                for t, g in zip(v, winograd_kernel(kernel))]  # 16 x (B, n, m, C_out)
+    cols = [combine(WINOGRAD_AT, products[b::4]) for b in range(4)]  # A^T M: [b][dy]
+    y = [ops.stack(combine(WINOGRAD_AT, [c[dy] for c in cols]), axis=3) for dy in range(2)]
+    return ops.reshape(ops.stack(y, axis=2), (-1, h, w, c_out))  # (B, n, dy, m, dx, C_out)
+
+
+class Conv2D(keras.layers.Conv2D):
+    """Keras's Conv2D, computing by ``winograd_conv`` where ``CONVOLUTION`` says so and it can:
+    a 3x3 kernel, at most WINOGRAD_MAX_WIDTH wide, on an image of known, even height and width.
+    (The class keeps Keras's name, so that model summaries read the same either way.)"""
+
+    def convolution_op(self, inputs, kernel):  # (B, H, W, C_in) -> (B, H, W, C_out)
+        if CONVOLUTION not in CONVOLUTIONS:
+            raise ValueError(f"convolution must be one of {CONVOLUTIONS}, got {CONVOLUTION!r}")
+        sides = inputs.shape[1:3]
+        if (CONVOLUTION == "winograd" and self.kernel_size == (3, 3)
+                and self.filters <= WINOGRAD_MAX_WIDTH
+                and all(isinstance(side, int) and side % 2 == 0 for side in sides)):
+            return winograd_conv(inputs, kernel)
+        return super().convolution_op(inputs, kernel)
+
+
 def conv(channels, kernel_size=3):
     """A convolution that keeps height and width (zero padding (k-1)/2 on each side)."""
-    return keras.layers.Conv2D(channels, kernel_size, padding="same")
+    return Conv2D(channels, kernel_size, padding="same")
 
 
 def group_norm(groups):

@@ -132,6 +132,77 @@ def test_xla_with_blocked_attention_equals_eager_einsums(unet, small_blocks, mon
     assert small_blocks
 
 
+@pytest.fixture
+def winograd_calls(monkeypatch):
+    """The (H, W, C_in, C_out) of each convolution computed by ``winograd_conv``."""
+    calls = []
+    winograd = layers.winograd_conv
+    monkeypatch.setattr(layers, "winograd_conv", lambda x, kernel: calls.append(
+        tuple(x.shape[1:]) + (kernel.shape[-1],)) or winograd(x, kernel))
+    return calls
+
+
+@pytest.mark.parametrize("shape, c_out", [((2, 4, 4, 8), 5), ((1, 6, 10, 3), 4),
+                                          ((3, 16, 16, 64), 64), ((1, 2, 2, 1), 1)])
+def test_winograd_convolution_equals_the_direct_one(shape, c_out):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype("float32")
+    kernel = (rng.standard_normal((3, 3, shape[-1], c_out)) / np.sqrt(9 * shape[-1]))
+    kernel = kernel.astype("float32")  # outputs of size ~1, as in the models
+    direct = ops.convert_to_numpy(ops.conv(x, kernel, padding="same"))
+    got = ops.convert_to_numpy(layers.winograd_conv(x, kernel))
+    assert got.shape == direct.shape
+    np.testing.assert_allclose(got, direct, **FLOAT32)
+
+
+def test_unknown_convolution_is_named(monkeypatch):
+    monkeypatch.setattr(layers, "CONVOLUTION", "fft")
+    with pytest.raises(ValueError, match=r"one of \('direct', 'winograd'\), got 'fft'"):
+        layers.conv(4)(np.zeros((1, 8, 8, 2), "float32"))
+
+
+@pytest.mark.parametrize("shape, filters, kernel_size, used", [
+    ((1, 8, 10, 3), 2, 3, True), ((2, 2, 2, 3), 4, 3, True),
+    ((1, 5, 8, 3), 2, 3, False),  # F(2x2, 3x3) fills 2x2 blocks: an odd side stays direct
+    ((1, 8, 8, 3), 2, 1, False),  # a 1x1 kernel: nothing to save
+    ((1, 8, 8, 3), 5, 3, False)])  # wider than WINOGRAD_MAX_WIDTH (4 here)
+def test_winograd_only_where_it_applies(winograd_calls, monkeypatch, shape, filters,
+                                        kernel_size, used):
+    monkeypatch.setattr(layers, "WINOGRAD_MAX_WIDTH", 4)
+    x = np.random.default_rng(6).standard_normal(shape).astype("float32")
+    layer = layers.conv(filters, kernel_size)
+    direct = ops.convert_to_numpy(layer(x))  # "direct", the default
+    monkeypatch.setattr(layers, "CONVOLUTION", "winograd")
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), direct, **FLOAT32)
+    assert winograd_calls == ([shape[1:] + (filters,)] if used else [])
+
+
+def test_winograd_in_all_three_models(unet, winograd_calls, monkeypatch):
+    keras.utils.set_random_seed(1)
+    text_encoder, decoder = TextEncoder(TEST.text_encoder), Decoder(TEST.vae)
+    tokens = np.random.default_rng(2).integers(0, 49408, (2, 77)).astype("int32")
+    latent = np.random.default_rng(3).standard_normal((1, 8, 8, 4)).astype("float32")
+    calls = {"text": lambda: text_encoder(tokens), "unet": lambda: unet(unet_inputs()),
+             "decoder": lambda: decoder(latent)}
+    plain = {name: ops.convert_to_numpy(f()) for name, f in calls.items()}
+    assert winograd_calls == []  # "direct" is the default
+    monkeypatch.setattr(layers, "CONVOLUTION", "winograd")
+    for name, f in calls.items():
+        np.testing.assert_allclose(ops.convert_to_numpy(f()), plain[name], **FLOAT32,
+                                   err_msg=name)
+    sides = {call[0] for call in winograd_calls}
+    assert sides == {2, 4, 8, 16, 32, 64}  # the UNet's levels 8, 4 and 2; the decoder's 8 to 64
+
+
+def test_xla_with_winograd_equals_eager_direct(unet, winograd_calls, monkeypatch):
+    inputs = unet_inputs()
+    eager = ops.convert_to_numpy(unet(inputs))
+    monkeypatch.setattr(layers, "CONVOLUTION", "winograd")  # read when XLA traces the model
+    unet.compile(jit_compile=True)
+    np.testing.assert_allclose(unet.predict_on_batch(inputs), eager, **FLOAT32)
+    assert winograd_calls
+
+
 def test_two_guidance_calls_equal_one_batched_call(unet):
     x, _, context = unet_inputs()
     unconditional = np.zeros_like(context)
@@ -356,6 +427,24 @@ def test_runs_py_checks_each_target_on_what_was_measured(monkeypatch):
     results = {("sdlearn", "step"): {"step_s": 3.0, "step_s_matmul": 150e9}}
     # 2 UNet passes of 0.180 TFLOP in 3 s: 120 GFLOP/s, 80% of 150.
     assert runs.shares(args, results, "step", "step_s", 0) == {"sdlearn": 0.8}
+
+
+def test_runs_py_checks_sdlearn_winograd_in_a_row_of_its_own(monkeypatch, tmp_path):
+    import json
+
+    runs = benchmark_script("runs", monkeypatch)
+    step = {"step_s": 3.0, "step_s_matmul": 150e9}  # 80% of the matmul rate (see above)
+    run = {"args": {"config": "sd-v1", "step_size": 256, "size": 512, "steps": 20, "batch": 1},
+           "cpu": "a CPU", "results": {"sdlearn step": step, "kerascv step": step,
+                                       "sdlearn-winograd step": dict(step, step_s=2.5)}}
+    path = tmp_path / "cpu-test.json"
+    path.write_text(json.dumps(run))
+    rows = runs.table([path])[2:]
+    assert len(rows) == 2
+    assert rows[0].startswith("| cpu-test.json | a CPU |") and "| 80.0% / 80.0% / - |" in rows[0]
+    assert rows[1].startswith("| cpu-test.json (sdlearn-winograd) |")
+    assert "| 96.0% / 80.0% / - |" in rows[1] and rows[1].endswith("| 1 of 1 |")
+    assert rows[0].endswith("| 0 of 1; missed: step >= 85% |")
 
 
 def test_runs_py_refuses_the_json_of_a_run_cut_short(monkeypatch, tmp_path):
