@@ -91,12 +91,17 @@ def cells(path, ours="sdlearn"):
             each(decode, lambda s: f"{100 * s:.0f}%"), each(rss, lambda gb: f"{gb:.2f}"), verdict]
 
 
+def all_cells(paths):
+    """The cells of every row: one a run, and one more for each other sdlearn row it measured."""
+    return [cells(path, ours) for path in paths
+            for ours in SDLEARN_ROWS if ours in {name for name, _ in load(path)[1]}]
+
+
 def table(paths):
     header = ["| run (JSON) | CPU | sdlearn's matmul GFLOP/s | s per 512 px image | guided 256 px "
               "step, % of matmul | decode 512 px, % of matmul | peak RSS GB | targets met |",
               "|---|---|---:|---:|---:|---:|---:|---|"]
-    return header + ["| " + " | ".join(cells(path, ours)) + " |" for path in paths
-                      for ours in SDLEARN_ROWS if ours in {name for name, _ in load(path)[1]}]
+    return header + ["| " + " | ".join(row) + " |" for row in all_cells(paths)]
 
 
 def main():

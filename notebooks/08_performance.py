@@ -5,14 +5,14 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 # ---
 
 # %% [markdown]
 # # 8. Performance: where the time goes, and how to spend less of it
 #
 # Chapters 0 to 7 chose the readable way every time. This chapter measures what that costs
-# and what can be won back. sdlearn has five **fast paths**, each one switch; each computes
+# and what can be won back. sdlearn has six **fast paths**, each one switch; each computes
 # the same Stable Diffusion, and for each we (1) say what it does and why it should help,
 # with the arithmetic, (2) show the code, (3) check with a number that it computes what the
 # plain float32 path computes, and (4) time it.
@@ -24,11 +24,12 @@
 # | the whole sampling loop as one program | `compiled_loop=True` |
 # | half precision | `dtype_policy="mixed_bfloat16"` or `"mixed_float16"` |
 # | attention in cache-sized blocks, or a fused kernel | `sdlearn.layers.ATTENTION = "blocked"` (the default), `"fused"`; `"einsum"` is the formula as written |
+# | 3x3 convolutions with fewer multiplies (Winograd) | `sdlearn.layers.CONVOLUTION = "winograd"`; `"direct"` (the default) is Keras's convolution |
 #
 # The demonstrations run the **tiny** model's architecture with **random weights**: speed and
 # agreement do not depend on what the weights have learned, and nothing here is a picture.
 # The full-size measurements (Stable Diffusion v1 at 256 and 512 px, sdlearn against KerasCV)
-# take minutes per call on this course's 2-core CPU; they live in `benchmarks/`, and section 8
+# take minutes per call on this course's 2-core CPU; they live in `benchmarks/`, and section 9
 # reads them from there.
 #
 # A warning that applies to every time in this chapter: times depend on the machine and on
@@ -365,7 +366,7 @@ print(f"the arithmetic alone at the matmul rate: {2 * tiny_flops / rate * 1e3:.1
 # (seconds), so XLA wins only when a model is called many times at the same shapes, which a
 # sampling loop does. At full size it is the other way round: a 512 px call is 0.8 TFLOP, two
 # to six seconds of arithmetic on this course's CPUs, and the same overhead is a few percent
-# (section 8).
+# (section 9).
 #
 # ## 4. Guidance: one call of $2B$, not two calls of $B$
 #
@@ -425,7 +426,7 @@ print(f"saved by batching: {saved:.0%}")
 # batch of 1, and guidance multiplies the difference by up to $2s + 1$). For the tiny model,
 # where $t_0$ is most of a call, batching saved between a quarter and three quarters in the
 # runs made for this chapter (on a shared machine a slow neighbour can inflate either side).
-# For SD v1 at 256 px on the Zen 3 CPU the A/B measurement in section 8 found 6%: $t_0$ is
+# For SD v1 at 256 px on the Zen 3 CPU the A/B measurement in section 9 found 6%: $t_0$ is
 # small next to 3 seconds of arithmetic.
 #
 # ## 5. The whole loop as one program
@@ -708,6 +709,118 @@ print('tiny UNet, ATTENTION = "fused": max |difference| '
       f"{at_most(np.abs(fused_unet - eager).max())}")
 
 # %% [markdown]
+# ## 8. Convolutions: the same outputs from fewer multiplies
+#
+# Every fast path so far removed time *between* the multiplies; the multiplies themselves, the
+# FLOPs of section 1, were the floor. Yet a convolution can be computed with fewer multiplies
+# than its definition uses. Winograd's minimal filtering (Winograd, 1980; brought to neural
+# networks by Lavin & Gray, 2016), in one dimension, $F(2, 3)$: two outputs of a 3-tap filter
+# $g$ over four inputs $d$ take six multiplies as written,
+#
+# $$y_0 = d_0 g_0 + d_1 g_1 + d_2 g_2, \qquad y_1 = d_1 g_0 + d_2 g_1 + d_3 g_2,$$
+#
+# and four this way:
+#
+# $$m_1 = (d_0 - d_2)\, g_0, \quad m_2 = (d_1 + d_2)\, \tfrac{g_0 + g_1 + g_2}{2}, \quad
+#   m_3 = (d_2 - d_1)\, \tfrac{g_0 - g_1 + g_2}{2}, \quad m_4 = (d_1 - d_3)\, g_2,$$
+#
+# $$y_0 = m_1 + m_2 + m_3, \qquad y_1 = m_2 - m_3 - m_4 .$$
+#
+# The filter's combinations are made once per filter, not once per output: per pair of outputs
+# what is left is four multiplies and some additions. (Expand $m_2 + m_3$: the $d_1 g_1$ terms
+# cancel and $d_2 g_1$ survives, as $y_0$ needs.) Checked in numpy, first as written, then in
+# the matrix form $y = A^\top [(G g) \odot (B^\top d)]$ with the constant matrices that
+# `sdlearn.layers` keeps ($\odot$: elementwise):
+
+# %%
+wrng = np.random.default_rng(8)
+d, g = wrng.standard_normal(4), wrng.standard_normal(3)
+direct = np.array([d[0:3] @ g, d[1:4] @ g])  # 6 multiplies
+m = [(d[0] - d[2]) * g[0], (d[1] + d[2]) * (g[0] + g[1] + g[2]) / 2,
+     (d[2] - d[1]) * (g[0] - g[1] + g[2]) / 2, (d[1] - d[3]) * g[2]]  # 4 multiplies
+print(f"F(2, 3), four products: max |difference| "
+      f"{at_most(np.abs([m[0] + m[1] + m[2], m[1] - m[2] - m[3]] - direct).max())}")
+BT, G, AT = (np.array(M) for M in (layers.WINOGRAD_BT, layers.WINOGRAD_G, layers.WINOGRAD_AT))
+print(f"A^T [(G g) * (B^T d)]:   max |difference| "
+      f"{at_most(np.abs(AT @ ((G @ g) * (BT @ d)) - direct).max())}")
+
+# %% [markdown]
+# Applied along the rows and then along the columns it becomes $F(2{\times}2, 3{\times}3)$: a
+# $4 \times 4$ tile $d$ of the image gives a $2 \times 2$ block of outputs,
+#
+# $$Y = A^\top \left[ (G g G^\top) \odot (B^\top d B) \right] A ,$$
+#
+# with 16 multiplies instead of $4 \times 9 = 36$: 4/9 of the arithmetic. In a layer with
+# $C_{in}$ input and $C_{out}$ output channels, each of the 16 elementwise products becomes a
+# sum over $C_{in}$, so the multiplies are 16 matrix products of (tiles, $C_{in}$) by
+# ($C_{in}$, $C_{out}$), one tile per 2x2 block, where the direct convolution does 9 of
+# (pixels, $C_{in}$) by ($C_{in}$, $C_{out}$). The transforms $B^\top d B$ and
+# $A^\top \cdot A$ are additions (their entries are 0 and $\pm 1$) and $G g G^\top$ is made
+# once per call for the whole kernel. sdlearn writes them as sums of slices, which XLA fuses
+# into single passes over memory:
+
+# %%
+show_source(layers.winograd_conv)
+
+# %% [markdown]
+# The switch is `sdlearn.layers.CONVOLUTION = "winograd"` (`"direct"`, Keras's own
+# convolution, is the default), read when a model is traced, like `ATTENTION`. sdlearn's
+# `Conv2D` is Keras's with one method replaced, and takes the new path where it applies:
+
+# %%
+show_source(layers.Conv2D)
+
+# %% [markdown]
+# Why is it not the default? The numbers are the same only to float32 rounding: the
+# transforms add and subtract before they multiply, so the roundings differ, by about $10^{-6}$
+# of the values, where every other CPU path of this chapter is exact or nearly. And it costs
+# memory: the transformed tiles and the 16 products are each four times the size of the
+# image they come from, and the transformed kernels are 16/9 of the kernels; the direct
+# convolution needs no such copies. The check and a timing on one convolution of SD's 32x32
+# level at 256 px (batch 2, 320 channels in and out), both compiled with XLA, with the same
+# layer, so the same kernel:
+
+# %%
+# ~10 s on a 2-core CPU: two compilations of one convolution
+x32 = wrng.standard_normal((2, 32, 32, 320)).astype("float32")
+keras.utils.set_random_seed(8)  # the kernel's initial values
+conv_layer = layers.conv(320, 3)
+conv_models, conv_out = {}, {}
+for name in layers.CONVOLUTIONS:
+    layers.CONVOLUTION = name  # read when the model is traced: at its first call
+    conv_models[name] = keras.Sequential([conv_layer])
+    conv_models[name].compile(jit_compile=True)
+    conv_out[name] = conv_models[name].predict_on_batch(x32)
+layers.CONVOLUTION = "direct"
+difference = np.abs(conv_out["winograd"] - conv_out["direct"]).max()
+relative = difference / np.abs(conv_out["direct"]).max()  # ~1e-6: float32 rounding
+print(f"winograd vs direct, compiled: max |difference| is {'below' if relative < 1e-5 else 'ABOVE'}"
+      " 1e-5 of the largest output")
+
+# %% tags=["nbval-ignore-output"]
+direct_flops = 2 * 2 * 32 * 32 * 9 * 320 * 320  # counted as the direct convolution
+for name, model in conv_models.items():
+    seconds = best_time(lambda m=model: m.predict_on_batch(x32), 5)[1]
+    print(f"{name:>8}: {seconds * 1e3:5.1f} ms = {direct_flops / seconds / 1e9:4.0f} GFLOP/s, "
+          f"counting the direct convolution's {direct_flops / 1e9:.2f} GFLOP")
+print(f"(the float32 matmul of section 2: {rate / 1e9:.0f} GFLOP/s)")
+
+# %% [markdown]
+# Counted with the direct convolution's FLOPs, as every table of this chapter counts them, the
+# Winograd convolution reaches a rate the direct one cannot (on the course's Zen 4 machine, above
+# the matmul rate itself): the multiply units are not busier, there is less to multiply. The tiny
+# model could take this path too (its convolutions are 3x3 on even sides), but it is all overhead
+# (section 3), so the chapters before this one keep the direct convolution, which is also what
+# KerasCV computes. At full size `benchmarks/benchmark.py` has the switch as the implementation
+# `sdlearn-winograd`; its run on the Zen 4, beside the default sdlearn, KerasCV and diffusers, from
+# `benchmarks/RESULTS.md`:
+
+# %%
+winograd_section = results.split("### Winograd's convolutions at full size")[1].split("\n#")[0]
+print(winograd_section.split("\n", 1)[1].strip())
+
+
+# %% [markdown]
 # ## All the measured times of this notebook
 #
 # Per call of the tiny UNet (batch 2), per guided prediction, and per sampling step, on this
@@ -732,7 +845,7 @@ plt.show()
 
 
 # %% [markdown]
-# ## 8. Full size: Stable Diffusion v1 against KerasCV and diffusers
+# ## 9. Full size: Stable Diffusion v1 against KerasCV and diffusers
 #
 # The tiny model is all overhead; the real one is all arithmetic. The measurements at full
 # size take minutes here, so they were made once with the scripts in `benchmarks/`, on this
@@ -802,22 +915,25 @@ import sys
 sys.path.insert(0, str(ROOT / "benchmarks"))  # runs.py imports benchmark.py's FLOP counts
 import runs  # noqa: E402
 
-recorded = [runs.cells(path) for path in sorted((ROOT / "benchmarks").glob("cpu*.json"))]
-print(f"{'run (JSON)':<21} {'CPU':<22} {'s per 512 px image':<22} {'step, % mm':<22} "
+recorded = runs.all_cells(sorted((ROOT / "benchmarks").glob("cpu*.json")))
+print(f"{'run (JSON)':<28} {'CPU':<22} {'s per 512 px image':<22} {'step, % mm':<22} "
       f"{'decode, % mm':<17} targets met")
 for name, cpu, _, image, step, decode, _, met in recorded:
     cpu = re.sub(r"^(AMD|Intel).*\(family (\d+), model (\d+)\)", r"\1 family \2/\3", cpu)
-    print(f"{name:<21} {cpu:<22} {image:<22} {step:<22} {decode:<17} {met}")
+    name = name.replace(".json", "").replace("(sdlearn-winograd)", "(Winograd)")
+    print(f"{name:<28} {cpu:<22} {image:<22} {step:<22} {decode:<17} {met}")
 print("(each cell: sdlearn / KerasCV / diffusers; AMD 25/1 is Zen 3, 25/17 Zen 4, 26/2 Zen 5; "
       "Intel 6/106 Ice Lake)")
 
 # %% [markdown]
-# sdlearn is the fastest per image in every full run (on the Zen 4 by only 2%, inside one run's
-# noise), and its decode is at or within a point of 75% everywhere. The guided step is the
-# target it misses: 72-85% in the full runs on the AMD machines, 53% on the Intel Ice Lake,
-# where TensorFlow's eager matmul (the ceiling) runs through oneDNN and XLA's own matmul reaches
-# 84% of it (`benchmarks/matmul_paths.py`; 95% on the Zen 4). Only a step-only run on the Zen 3
-# went past 85%.
+# sdlearn is the fastest per image in every full run but the last (on the Zen 4 by only 2%, and
+# in the last run 1.6% slower than diffusers: both inside one run's noise), and its decode is at
+# or within a point of 75% everywhere. The guided step is the target it misses: 72-85% in the
+# full runs on the AMD machines, 53% on the Intel Ice Lake, where TensorFlow's eager matmul (the
+# ceiling) runs through oneDNN and XLA's own matmul reaches 84% of it
+# (`benchmarks/matmul_paths.py`; 95% on the Zen 4). Only a step-only run on the Zen 3 went past
+# 85%. The row marked (Winograd) is section 8's fast path in the same run as the row above it:
+# the fastest per image there, and the heaviest in memory, which is the target it misses.
 #
 # The side-by-side run times each implementation minutes apart; on a virtual machine the rate
 # of the cores drifts by tens of percent in that time (the matmul ranges in RESULTS.md). The
@@ -891,6 +1007,7 @@ print("2. on the GPU machine, with .whl carried along:\n" + device_call)
 # | bfloat16 / float16 | to ~1e-1 / 1e-2 of the scale | no faster: Zen 3 has no half arithmetic; Zen 5's bfloat16 matmuls run 1.8-1.9x, its whole UNet 0.8x | GPUs with tensor cores |
 # | blocked attention (the default) | the same numbers (0 difference measured) | SD's 64x64 attention 2.4x faster on the Zen 3 (`benchmarks/attention.py`) | CPUs, large images |
 # | fused attention | to ~1e-6 | no change (TensorFlow has no fused kernel) | GPUs, large images |
+# | Winograd convolutions | to ~1e-6 | SD v1 on the Zen 4: a 512 px image 10% faster, its decode 39%, for 2.3 GB more memory | CPUs with memory to spare |
 #
 # Turning everything on for a GPU is one constructor and one setting:
 #

@@ -39,8 +39,9 @@ BLOCK_SCORES = 2 ** 20
 CONVOLUTION = "direct"
 CONVOLUTIONS = ("direct", "winograd")
 # Winograd only for kernels of at most this many output channels: XLA's schedule keeps the
-# transformed copies of the kernels (16/9 of each kernel's size) in memory all at once; with SD's
-# 1280-wide kernels included that took 3.4 GB more at 512 px, without them 0.45 GB.
+# transformed copies of the kernels (16/9 of each kernel's size) in memory at the same time, and
+# SD's 1280-wide kernels are most of the UNet's weights (benchmarks/RESULTS.md, on a Zen 4: a
+# 512 px image peaked at 10.2 GB with them, 9.3 GB without, 7.0 GB with direct convolutions).
 WINOGRAD_MAX_WIDTH = 640
 
 

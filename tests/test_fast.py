@@ -102,15 +102,21 @@ def test_unknown_attention_kernel_is_named():
         layers.attention(q, q, q, kernel="flash")
 
 
-@pytest.mark.parametrize("kernel", ["blocked", "fused"])
-def test_attention_switch_in_all_three_models(unet, small_blocks, monkeypatch, kernel):
-    monkeypatch.setattr(layers, "BLOCK_SCORES", 2048)  # 2-4 blocks per head: eager loops are slow
+def three_model_calls(unet):
+    """{name: eager call} of the toy text encoder, UNet (the fixture) and decoder, on fixed
+    inputs: eager calls read the module's switches each time."""
     keras.utils.set_random_seed(1)
     text_encoder, decoder = TextEncoder(TEST.text_encoder), Decoder(TEST.vae)
     tokens = np.random.default_rng(2).integers(0, 49408, (2, 77)).astype("int32")
     latent = np.random.default_rng(3).standard_normal((1, 8, 8, 4)).astype("float32")
-    calls = {"text": lambda: text_encoder(tokens), "unet": lambda: unet(unet_inputs()),
-             "decoder": lambda: decoder(latent)}
+    return {"text": lambda: text_encoder(tokens), "unet": lambda: unet(unet_inputs()),
+            "decoder": lambda: decoder(latent)}
+
+
+@pytest.mark.parametrize("kernel", ["blocked", "fused"])
+def test_attention_switch_in_all_three_models(unet, small_blocks, monkeypatch, kernel):
+    monkeypatch.setattr(layers, "BLOCK_SCORES", 2048)  # 2-4 blocks per head: eager loops are slow
+    calls = three_model_calls(unet)
     monkeypatch.setattr(layers, "ATTENTION", "einsum")  # eager calls read the switch each time
     plain = {name: ops.convert_to_numpy(f()) for name, f in calls.items()}
     assert small_blocks == []
@@ -178,12 +184,7 @@ def test_winograd_only_where_it_applies(winograd_calls, monkeypatch, shape, filt
 
 
 def test_winograd_in_all_three_models(unet, winograd_calls, monkeypatch):
-    keras.utils.set_random_seed(1)
-    text_encoder, decoder = TextEncoder(TEST.text_encoder), Decoder(TEST.vae)
-    tokens = np.random.default_rng(2).integers(0, 49408, (2, 77)).astype("int32")
-    latent = np.random.default_rng(3).standard_normal((1, 8, 8, 4)).astype("float32")
-    calls = {"text": lambda: text_encoder(tokens), "unet": lambda: unet(unet_inputs()),
-             "decoder": lambda: decoder(latent)}
+    calls = three_model_calls(unet)
     plain = {name: ops.convert_to_numpy(f()) for name, f in calls.items()}
     assert winograd_calls == []  # "direct" is the default
     monkeypatch.setattr(layers, "CONVOLUTION", "winograd")
