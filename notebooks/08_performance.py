@@ -916,12 +916,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # runs.py imports benchmark.py's F
 import runs  # noqa: E402
 
 recorded = runs.all_cells(sorted((ROOT / "benchmarks").glob("cpu*.json")))
-print(f"{'run (JSON)':<28} {'CPU':<22} {'s per 512 px image':<22} {'step, % mm':<22} "
+print(f"{'run (JSON)':<34} {'CPU':<22} {'s per 512 px image':<22} {'step, % mm':<22} "
       f"{'decode, % mm':<17} targets met")
 for name, cpu, _, image, step, decode, _, met in recorded:
     cpu = re.sub(r"^(AMD|Intel).*\(family (\d+), model (\d+)\)", r"\1 family \2/\3", cpu)
     name = name.replace(".json", "").replace("(sdlearn-winograd)", "(Winograd)")
-    print(f"{name:<28} {cpu:<22} {image:<22} {step:<22} {decode:<17} {met}")
+    print(f"{name:<34} {cpu:<22} {image:<22} {step:<22} {decode:<17} {met}")
 print("(each cell: sdlearn / KerasCV / diffusers; AMD 25/1 is Zen 3, 25/17 Zen 4, 26/2 Zen 5; "
       "Intel 6/106 Ice Lake)")
 
@@ -932,8 +932,10 @@ print("(each cell: sdlearn / KerasCV / diffusers; AMD 25/1 is Zen 3, 25/17 Zen 4
 # full runs on the AMD machines, 53% on the Intel Ice Lake, where TensorFlow's eager matmul (the
 # ceiling) runs through oneDNN and XLA's own matmul reaches 84% of it
 # (`benchmarks/matmul_paths.py`; 95% on the Zen 4). Only a step-only run on the Zen 3 went past
-# 85%. The row marked (Winograd) is section 8's fast path in the same run as the row above it:
-# the fastest per image there, and the heaviest in memory, which is the target it misses.
+# 85%. The rows marked (Winograd) are section 8's fast path in the same runs as the rows above
+# them: in the full run the fastest per image and the heaviest in memory, the target it misses;
+# in the step-only run past 85% by the direct convolution's FLOP count (less arithmetic, not
+# busier multipliers).
 #
 # The side-by-side run times each implementation minutes apart; on a virtual machine the rate
 # of the cores drifts by tens of percent in that time (the matmul ranges in RESULTS.md). The
