@@ -195,6 +195,23 @@ def test_winograd_in_all_three_models(unet, winograd_calls, monkeypatch):
     assert sides == {2, 4, 8, 16, 32, 64}  # the UNet's levels 8, 4 and 2; the decoder's 8 to 64
 
 
+@pytest.mark.parametrize("policy", sorted(HALF_TOLERANCE))
+def test_winograd_in_half_precision(winograd_calls, monkeypatch, policy):
+    x = np.random.default_rng(7).standard_normal((2, 8, 8, 16)).astype("float32")
+    keras.utils.set_random_seed(7)
+    plain = layers.conv(16, 3)
+    reference = ops.convert_to_numpy(plain(x))
+    with fast.dtype_policy(policy):
+        half = layers.conv(16, 3)
+    half.build(x.shape)
+    half.set_weights(plain.get_weights())
+    monkeypatch.setattr(layers, "CONVOLUTION", "winograd")
+    got = half(x)
+    assert keras.backend.standardize_dtype(got.dtype) == policy.split("_")[1] and winograd_calls
+    error = np.abs(ops.convert_to_numpy(ops.cast(got, "float32")) - reference).max()
+    assert error / reference.std() < HALF_TOLERANCE[policy]
+
+
 def test_xla_with_winograd_equals_eager_direct(unet, winograd_calls, monkeypatch):
     inputs = unet_inputs()
     eager = ops.convert_to_numpy(unet(inputs))
