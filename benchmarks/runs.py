@@ -67,9 +67,10 @@ def targets(step, decode, image, rss):
     return met
 
 
-def cells(path, ours="sdlearn"):
-    """One run's row of ``table``, as its cells, with ``ours`` in sdlearn's place."""
-    args, results, cpu = load(path)
+def cells(name, run, ours):
+    """The row of ``table`` for one run (``load``'s triple, from the file ``name``), as its
+    cells, with ``ours`` in sdlearn's place."""
+    args, results, cpu = run
     results = {("sdlearn" if name == ours else name, task): r for (name, task), r in results.items()
                if name not in SDLEARN_ROWS or name == ours}
     step = shares(args, results, "step", "step_s", 0)
@@ -85,16 +86,21 @@ def cells(path, ours="sdlearn"):
     verdict = f"{sum(met.values())} of {len(met)}" + (f"; missed: {', '.join(missed)}"
                                                       if missed else "")
     sdlearn = [r for (name, _), r in results.items() if name == "sdlearn"]  # its shares' rate
-    run = Path(path).name + ("" if ours == "sdlearn" else f" ({ours})")
-    return [run, cpu, matmul_span(sdlearn) or "-",
+    label = name + ("" if ours == "sdlearn" else f" ({ours})")
+    return [label, cpu, matmul_span(sdlearn) or "-",
             each(image, lambda s: f"{s:.1f}"), each(step, lambda s: f"{100 * s:.1f}%"),
             each(decode, lambda s: f"{100 * s:.0f}%"), each(rss, lambda gb: f"{gb:.2f}"), verdict]
 
 
 def all_cells(paths):
     """The cells of every row: one a run, and one more for each other sdlearn row it measured."""
-    return [cells(path, ours) for path in paths
-            for ours in SDLEARN_ROWS if ours in {name for name, _ in load(path)[1]}]
+    rows = []
+    for path in paths:
+        run = load(path)  # each file read once
+        measured_names = {name for name, _ in run[1]}
+        rows += [cells(Path(path).name, run, ours) for ours in SDLEARN_ROWS
+                 if ours in measured_names]
+    return rows
 
 
 def table(paths):
