@@ -14,14 +14,15 @@ import inspect
 import math
 import os
 
+from sdlearn.checks import check_choice
+
 TRACKS = ("tiny", "sd-v1")
 
 
 def track(name=None):
     """The track in use: ``name``, else $SDLEARN_TRACK, else "tiny"."""
     name = name or os.environ.get("SDLEARN_TRACK", "tiny")
-    if name not in TRACKS:
-        raise ValueError(f"SDLEARN_TRACK must be one of {TRACKS}, got {name!r}")
+    check_choice("SDLEARN_TRACK", name, TRACKS)
     return name
 
 

@@ -53,7 +53,9 @@ import numpy as np
 from keras import ops
 
 from sdlearn import sampler
-from sdlearn.checks import check_int
+from sdlearn.checks import check_choice, check_int
+
+DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @contextlib.contextmanager
@@ -69,6 +71,7 @@ def dtype_policy(name):
     nothing and usually loses. bfloat16 has float32's range (no overflow) and 8 bits of
     mantissa; float16 has 11 bits and overflows above 65504.
     """
+    check_choice("dtype_policy", name, DTYPE_POLICIES)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(name)
     try:

@@ -9,6 +9,8 @@ import math
 import keras
 from keras import ops
 
+from sdlearn.checks import check_choice
+
 
 # The attention switch (a fast path, see sdlearn/fast.py), read when a model is called or traced
 # (a compiled model keeps the attention it was traced with, so set it before the first call):
@@ -116,8 +118,7 @@ def attention(q, k, v, causal=False, kernel=None):
     case. "blocked" keeps causal attention whole: the text encoder's 77 x 77 scores are small.
     """
     kernel = ATTENTION if kernel is None else kernel
-    if kernel not in ATTENTION_KERNELS:
-        raise ValueError(f"attention kernel must be one of {ATTENTION_KERNELS}, got {kernel!r}")
+    check_choice("attention kernel", kernel, ATTENTION_KERNELS)
     if kernel == "fused":
         return ops.dot_product_attention(q, k, v, is_causal=causal)
     rows = None if kernel == "einsum" or causal else query_block(q.shape[1], k.shape[1])
@@ -218,8 +219,7 @@ class Conv2D(keras.layers.Conv2D):
     (The class keeps Keras's name, so that model summaries read the same either way.)"""
 
     def convolution_op(self, inputs, kernel):  # (B, H, W, C_in) -> (B, H, W, C_out)
-        if CONVOLUTION not in CONVOLUTIONS:
-            raise ValueError(f"convolution must be one of {CONVOLUTIONS}, got {CONVOLUTION!r}")
+        check_choice("convolution", CONVOLUTION, CONVOLUTIONS)
         sides = inputs.shape[1:3]
         if (CONVOLUTION == "winograd" and self.kernel_size == (3, 3)
                 and self.filters <= WINOGRAD_MAX_WIDTH

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from sdlearn import fast, sampler
-from sdlearn.checks import check_int
-from sdlearn.config import get_config
+from sdlearn.checks import check_bool, check_choice, check_int
+from sdlearn.config import StableDiffusionConfig, get_config
 from sdlearn.text_encoder import TextEncoder
 from sdlearn.tokenizer import Tokenizer
 from sdlearn.unet import UNet
@@ -40,8 +40,23 @@ def default_weights(model, download=False):
         from sdlearn.weights import weights_path
 
         return {name: weights_path(name, download_missing=download) for name in MODEL_NAMES}
-    raise ValueError(f"No published weights for model {model!r}; pass weights=False for random "
+    raise ValueError(f"No published weights for model {model!r}; pass weights=None for random "
                      "weights, or a dict of .h5 paths.")
+
+
+def _check_arguments(config, weights, dtype_policy, **switches):
+    """Name a wrong argument of StableDiffusion before anything is built or downloaded."""
+    if not isinstance(config, StableDiffusionConfig):
+        raise TypeError("config must be a sdlearn.config.StableDiffusionConfig (e.g. "
+                        f"get_config('tiny')) or None, got {type(config).__name__}")
+    if not (weights is None or isinstance(weights, dict) or isinstance(weights, str)
+            and weights == "default"):
+        raise ValueError(f"weights must be 'default', a dict of paths or None, got {weights!r}")
+    if isinstance(weights, dict) and set(weights) != set(MODEL_NAMES):
+        raise ValueError(f"weights must have the keys {MODEL_NAMES}, got {tuple(weights)}")
+    for name, value in switches.items():
+        check_bool(name, value)
+    check_choice("dtype_policy", dtype_policy, fast.DTYPE_POLICIES)
 
 
 class StableDiffusion:
@@ -63,8 +78,9 @@ class StableDiffusion:
                  batched_guidance=True, compiled_loop=False, dtype_policy="float32",
                  config=None):
         self.model_name, self.config = model, config or get_config(model)
-        if isinstance(weights, str) and weights != "default":
-            raise ValueError(f"weights must be 'default', a dict of paths or None, got {weights!r}")
+        _check_arguments(self.config, weights, dtype_policy, download=download,
+                         jit_compile=jit_compile, batched_guidance=batched_guidance,
+                         compiled_loop=compiled_loop)
         self.weights = default_weights(model, download) if weights == "default" else weights
         self.weights_source = f"{model}, " + ("random (untrained) weights" if self.weights is None
                                              else "trained weights")

@@ -94,3 +94,19 @@ def test_unknown_model_and_weights():
         StableDiffusion("sd-v9")
     with pytest.raises(ValueError, match="weights must be"):
         StableDiffusion("test", weights="random")
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"weights": 5}, ValueError, "weights must be 'default', a dict of paths or None, got 5"),
+    ({"weights": np.zeros(3)}, ValueError, "weights must be 'default', a dict of paths or None"),
+    ({"weights": {"unet": "unet.h5"}}, ValueError,
+     r"keys \('text_encoder', 'unet', 'decoder', 'image_encoder'\), got \('unet',\)"),
+    ({"config": "tiny"}, TypeError, "config must be a sdlearn.config.StableDiffusionConfig"),
+    ({"jit_compile": "yes"}, TypeError, "jit_compile must be True or False, got 'yes'"),
+    ({"compiled_loop": 1}, TypeError, "compiled_loop must be True or False, got 1"),
+    ({"dtype_policy": "float64"}, ValueError,
+     r"dtype_policy must be one of \('float32', 'mixed_float16', 'mixed_bfloat16'\)"),
+])
+def test_bad_constructor_arguments_are_named_before_anything_is_built(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        StableDiffusion("test", **{"weights": None, **kwargs})
