@@ -29,6 +29,9 @@ Implementations (``--implementations``, comma-separated; one missing is skipped 
     sdlearn-eager     no XLA (Keras's default graph or eager execution)
     sdlearn-bf16      mixed_bfloat16; sdlearn-fp16: mixed_float16
     sdlearn-fused     attention through keras.ops.dot_product_attention (ATTENTION = "fused")
+    sdlearn-winograd  3x3 convolutions by Winograd's F(2x2, 3x3) (CONVOLUTION = "winograd")
+    sdlearn-folded    upsamplings with the 2x copy folded into the convolution (UPSAMPLING =
+                      "folded"); sdlearn-folded-winograd: both
     sdlearn-fast      loop + fused attention + mixed_bfloat16 (the GPU configuration)
     kerascv           KerasCV 0.9 as it runs itself: XLA, two UNet calls per step (TF backend)
     diffusers         diffusers' UNet2DConditionModel + AutoencoderKL + transformers' CLIP text
@@ -133,6 +136,8 @@ SDLEARN_VARIANTS = {
     "sdlearn-einsum": {"attention": "einsum"},
     "sdlearn-fused": {"attention": "fused"},
     "sdlearn-winograd": {"convolution": "winograd"},
+    "sdlearn-folded": {"upsampling": "folded"},
+    "sdlearn-folded-winograd": {"upsampling": "folded", "convolution": "winograd"},
     "sdlearn-fast": {"compiled_loop": True, "attention": "fused",
                      "dtype_policy": "mixed_bfloat16"},
 }
@@ -149,6 +154,7 @@ def run_sdlearn(args, variant):
     options = dict(SDLEARN_VARIANTS[variant])
     layers.ATTENTION = options.pop("attention", layers.ATTENTION)
     layers.CONVOLUTION = options.pop("convolution", layers.CONVOLUTION)
+    layers.UPSAMPLING = options.pop("upsampling", layers.UPSAMPLING)
     matmul = keras_matmul()
     result = {"framework": f"Keras {keras.__version__}, {keras.backend.backend()} backend"}
     start = time.perf_counter()

@@ -7,9 +7,10 @@ Each JSON is what ``benchmark.py --json`` wrote: the run's arguments, its CPU an
 measurements. The targets, all measured in the same run: sdlearn's guided step at >= 85% and its
 512 px decode at >= 75% of the matmul rate around them; its time per image no slower than
 KerasCV's and diffusers'; its peak memory no higher than KerasCV's. A run that measured only
-some of these (a step-only run) is checked on those. A run that also measured sdlearn with
-Winograd's convolutions (``sdlearn-winograd``, a fast path that is not the default) has a second
-row, which checks that configuration against the same KerasCV and diffusers.
+some of these (a step-only run) is checked on those. A run that also measured sdlearn with CPU
+fast paths that are not the default (``sdlearn-winograd``, ``sdlearn-folded``,
+``sdlearn-folded-winograd``) has a row for each, which checks that configuration against the
+same KerasCV and diffusers.
 """
 
 import argparse
@@ -21,7 +22,8 @@ from benchmark import achieved, matmul_span, task_flop
 
 HERE = Path(__file__).resolve().parent
 IMPLEMENTATIONS = ("sdlearn", "kerascv", "diffusers")
-SDLEARN_ROWS = ("sdlearn", "sdlearn-winograd")  # each measured one is checked in its own row
+# Each one measured is checked in its own row.
+SDLEARN_ROWS = ("sdlearn", "sdlearn-folded", "sdlearn-winograd", "sdlearn-folded-winograd")
 
 
 def load(path):

@@ -19,6 +19,8 @@ one computes the same numbers as the plain float32 path:
     fused attention kernel            sdlearn.layers.ATTENTION = "fused"           same math, ~1e-6
     3x3 convolutions by Winograd's    sdlearn.layers.CONVOLUTION = "winograd"      4/9 of the
     F(2x2, 3x3)                       ("direct", the default: Keras's Conv2D)      multiplies, ~1e-6
+    the 2x upsampling's copy folded   sdlearn.layers.UPSAMPLING = "folded"         4/9 of the
+    into its 3x3 convolution          ("copy", the default: copy, then convolve)   multiplies, ~1e-6
 
 Where the time goes. One guided step at 512 px is two UNet passes of 0.803 TFLOP; almost all of
 it is convolutions and matrix multiplies. A CPU's float32 matrix multiply is the ceiling: a
@@ -28,11 +30,13 @@ activations that fused code would keep in cache). XLA compilation removes most o
 On a GPU the ceiling is much higher in half precision (tensor cores), the attention's score
 matrices cost memory traffic that a fused kernel avoids, and the gaps between steps (the Python
 loop hands each step's result back to the host) are worth removing too: that is what the
-compiled loop and mixed precision are for. One switch lowers the floor itself: Winograd's
+compiled loop and mixed precision are for. Two switches lower the floor itself: Winograd's
 F(2x2, 3x3) computes a 3x3 convolution, most of the UNet's arithmetic and nearly all of the
-decoder's, with 4/9 of the multiplies (``sdlearn.layers.winograd_conv``). It is not the
-default: it agrees with the direct convolution only to float32 rounding, and its transformed
-copies of tiles and kernels cost memory.
+decoder's, with 4/9 of the multiplies (``sdlearn.layers.winograd_conv``), and an upsampling
+(copy each pixel 2x2, then a 3x3 convolution) folds the copy into its kernel, also 4/9
+(``sdlearn.layers.folded_upsample_conv``). Neither is the default: both agree with SD's
+definition only to float32 rounding, and Winograd's transformed copies of tiles and kernels
+cost memory (folding saves some: the copy is never made).
 
 Measured on the course's CPU (2 cores, AMD EPYC Zen 3, float32; benchmarks/RESULTS.md): with
 XLA, sdlearn's UNet runs as fast as KerasCV's at 256 px (one call of 2B or two of B: within a

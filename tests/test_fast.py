@@ -221,6 +221,74 @@ def test_xla_with_winograd_equals_eager_direct(unet, winograd_calls, monkeypatch
     assert winograd_calls
 
 
+@pytest.fixture
+def folded_calls(monkeypatch):
+    """The (H, W, C_in, C_out) of each upsampling computed by ``folded_upsample_conv``."""
+    calls = []
+    folded = layers.folded_upsample_conv
+    monkeypatch.setattr(layers, "folded_upsample_conv", lambda x, kernel: calls.append(
+        tuple(x.shape[1:]) + (kernel.shape[-1],)) or folded(x, kernel))
+    return calls
+
+
+@pytest.mark.parametrize("shape, c_out", [((2, 4, 4, 8), 5), ((1, 5, 7, 3), 4),
+                                          ((1, 16, 16, 64), 64), ((1, 1, 1, 2), 3)])
+def test_folded_upsampling_equals_copy_then_convolution(shape, c_out):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(shape).astype("float32")
+    kernel = (rng.standard_normal((3, 3, shape[-1], c_out)) / np.sqrt(9 * shape[-1]))
+    kernel = kernel.astype("float32")
+    copied = ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)  # (B, 2H, 2W, C_in)
+    plain = ops.convert_to_numpy(ops.conv(copied, kernel, padding="same"))
+    got = ops.convert_to_numpy(layers.folded_upsample_conv(x, kernel))
+    assert got.shape == plain.shape
+    np.testing.assert_allclose(got, plain, **FLOAT32)
+
+
+def test_unknown_upsampling_is_named(monkeypatch):
+    monkeypatch.setattr(layers, "UPSAMPLING", "bilinear")
+    with pytest.raises(ValueError, match=r"one of \('copy', 'folded'\), got 'bilinear'"):
+        layers.upsample(4)(np.zeros((1, 4, 4, 2), "float32"))
+
+
+def test_folded_upsampling_in_the_unet_and_the_decoder(unet, folded_calls, monkeypatch):
+    calls = three_model_calls(unet)
+    plain = {name: ops.convert_to_numpy(f()) for name, f in calls.items()}
+    assert folded_calls == []  # "copy" is the default
+    monkeypatch.setattr(layers, "UPSAMPLING", "folded")
+    for name, f in calls.items():
+        np.testing.assert_allclose(ops.convert_to_numpy(f()), plain[name], **FLOAT32,
+                                   err_msg=name)
+    # The UNet's upsamplings (2 -> 4, 4 -> 8 here) and the decoder's (8 -> 16 -> 32 -> 64).
+    assert sorted(call[0] for call in folded_calls) == [2, 4, 8, 16, 32]
+
+
+def test_xla_with_folded_upsampling_equals_eager_copies(unet, folded_calls, monkeypatch):
+    inputs = unet_inputs()
+    eager = ops.convert_to_numpy(unet(inputs))
+    monkeypatch.setattr(layers, "UPSAMPLING", "folded")  # read when XLA traces the model
+    unet.compile(jit_compile=True)
+    np.testing.assert_allclose(unet.predict_on_batch(inputs), eager, **FLOAT32)
+    assert folded_calls
+
+
+@pytest.mark.parametrize("policy", sorted(HALF_TOLERANCE))
+def test_folded_upsampling_in_half_precision(folded_calls, monkeypatch, policy):
+    x = np.random.default_rng(9).standard_normal((2, 8, 8, 16)).astype("float32")
+    keras.utils.set_random_seed(9)
+    plain = layers.upsample(16)
+    reference = ops.convert_to_numpy(plain(x))
+    with fast.dtype_policy(policy):
+        half = layers.upsample(16)
+    half.build(x.shape)
+    half.set_weights(plain.get_weights())
+    monkeypatch.setattr(layers, "UPSAMPLING", "folded")
+    got = half(x)
+    assert keras.backend.standardize_dtype(got.dtype) == policy.split("_")[1] and folded_calls
+    error = np.abs(ops.convert_to_numpy(ops.cast(got, "float32")) - reference).max()
+    assert error / reference.std() < HALF_TOLERANCE[policy]
+
+
 def test_two_guidance_calls_equal_one_batched_call(unet):
     x, _, context = unet_inputs()
     unconditional = np.zeros_like(context)
