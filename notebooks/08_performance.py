@@ -12,7 +12,7 @@
 # # 8. Performance: where the time goes, and how to spend less of it
 #
 # Chapters 0 to 7 chose the readable way every time. This chapter measures what that costs
-# and what can be won back. sdlearn has six **fast paths**, each one switch; each computes
+# and what can be won back. sdlearn has seven **fast paths**, each one switch; each computes
 # the same Stable Diffusion, and for each we (1) say what it does and why it should help,
 # with the arithmetic, (2) show the code, (3) check with a number that it computes what the
 # plain float32 path computes, and (4) time it.
@@ -25,6 +25,7 @@
 # | half precision | `dtype_policy="mixed_bfloat16"` or `"mixed_float16"` |
 # | attention in cache-sized blocks, or a fused kernel | `sdlearn.layers.ATTENTION = "blocked"` (the default), `"fused"`; `"einsum"` is the formula as written |
 # | 3x3 convolutions with fewer multiplies (Winograd) | `sdlearn.layers.CONVOLUTION = "winograd"`; `"direct"` (the default) is Keras's convolution |
+# | upsampling without the 2x copy: folded into its convolution | `sdlearn.layers.UPSAMPLING = "folded"`; `"copy"` (the default) is SD's definition |
 #
 # The demonstrations run the **tiny** model's architecture with **random weights**: speed and
 # agreement do not depend on what the weights have learned, and nothing here is a picture.
@@ -821,6 +822,100 @@ print(winograd_section.split("\n", 1)[1].strip())
 
 
 # %% [markdown]
+# ### Upsampling: the copy folded into the convolution
+#
+# The UNet and the decoder double an image's sides by copying each pixel into a 2x2 block and
+# smoothing with a 3x3 convolution (chapter 3). Three of the nine pixels that such a
+# convolution reads are always copies of one another. Along one axis: output $2i$ reads the
+# copied pixels $2i-1, 2i, 2i+1$, which are the small image's $x_{i-1}, x_i, x_i$; output
+# $2i+1$ reads $x_i, x_i, x_{i+1}$. So, with taps $k_0, k_1, k_2$,
+#
+# $$y_{2i} = k_0 x_{i-1} + (k_1 + k_2)\, x_i, \qquad y_{2i+1} = (k_0 + k_1)\, x_i + k_2 x_{i+1}:$$
+#
+# two taps instead of three, on the small image. In two dimensions each of the four positions
+# in a 2x2 block gets its own 2x2 kernel, made from the 3x3 one by these sums along the rows
+# and then the columns: 4 x 4 = 16 multiplies per pixel of the small image instead of the
+# 4 x 9 = 36 that the convolution of the copy does. This is not an approximation; the
+# numbers differ from the copy's only by float32 rounding (the taps are added before they
+# multiply). And the copy, four times the size of the image, is never made. In numpy, along one
+# axis:
+
+# %%
+x1, k1 = wrng.standard_normal(6), wrng.standard_normal(3)
+copy = np.pad(np.repeat(x1, 2), 1)  # the 2x copy, zero-padded for a "same" convolution
+by_copy = np.array([copy[j:j + 3] @ k1 for j in range(12)])  # 3 multiplies per output
+padded = np.pad(x1, 1)  # x_{-1} = x_6 = 0
+even = k1[0] * padded[:-2] + (k1[1] + k1[2]) * padded[1:-1]  # y_{2i}: 2 multiplies
+odd = (k1[0] + k1[1]) * padded[1:-1] + k1[2] * padded[2:]  # y_{2i+1}: 2 multiplies
+folded_1d = np.stack([even, odd], axis=1).reshape(-1)  # interleave: y_0, y_1, y_2, ...
+print(f"folded vs copy then convolve, 12 outputs: max |difference| "
+      f"{at_most(np.abs(folded_1d - by_copy).max())}")
+
+# %% [markdown]
+# sdlearn's version, for images and channels: `fold` makes the taps, `folded_upsample_conv`
+# runs the four 2x2 convolutions and interleaves their outputs, and the switch
+# `sdlearn.layers.UPSAMPLING = "folded"` (`"copy"`, SD's definition, is the default) chooses
+# it inside the `Upsample` layer, which keeps the copy and the convolution as its two layers,
+# so the published weights load the same either way:
+
+# %%
+show_source(layers.folded_upsample_conv)
+
+# %%
+show_source(layers.Upsample)
+
+# %% [markdown]
+# The check and a timing, on the UNet's last upsampling at 256 px (batch 2, 16x16 to 32x32,
+# 640 channels), both compiled by XLA, with the same layer and so the same kernel:
+
+# %%
+# ~15 s on a 2-core CPU: two compilations of one upsampling
+x16 = wrng.standard_normal((2, 16, 16, 640)).astype("float32")
+keras.utils.set_random_seed(9)  # the kernel's initial values
+up_layer = layers.upsample(640)
+up_models, up_out = {}, {}
+for name in layers.UPSAMPLINGS:
+    layers.UPSAMPLING = name  # read when the model is traced: at its first call
+    up_models[name] = keras.Sequential([up_layer])
+    up_models[name].compile(jit_compile=True)
+    up_out[name] = up_models[name].predict_on_batch(x16)
+layers.UPSAMPLING = "copy"
+relative = np.abs(up_out["folded"] - up_out["copy"]).max() / np.abs(up_out["copy"]).max()
+print(f"folded vs copy, compiled: max |difference| is {'below' if relative < 1e-5 else 'ABOVE'}"
+      " 1e-5 of the largest output")
+
+# %% tags=["nbval-ignore-output"]
+up_flops = 2 * 2 * 32 * 32 * 9 * 640 * 640  # counted as the convolution of the copy
+for name, model in up_models.items():
+    seconds = best_time(lambda m=model: m.predict_on_batch(x16), 5)[1]
+    print(f"{name:>6}: {seconds * 1e3:5.1f} ms = {up_flops / seconds / 1e9:4.0f} GFLOP/s, "
+          f"counting the copy's convolution, {up_flops / 1e9:.2f} GFLOP")
+print(f"(the float32 matmul of section 2: {rate / 1e9:.0f} GFLOP/s)")
+
+# %% [markdown]
+# How much of SD v1's arithmetic is in upsamplings, counted on the copy as everywhere in this
+# chapter (folding saves 5/9 of it):
+
+# %%
+# The UNet's upsamplings at 512 px: 8 -> 16 and 16 -> 32 with 1280 channels, 32 -> 64 with 640;
+# the decoder's: to 128 and 256 px with 512 channels, to 512 px with 256.
+unet_up = sum(2 * s * s * 9 * c * c for s, c in ((16, 1280), (32, 1280), (64, 640)))
+decoder_up = sum(2 * s * s * 9 * c * c for s, c in ((128, 512), (256, 512), (512, 256)))
+for model, up, total in (("UNet call", unet_up, sum(unet_flops(SD_V1.unet, 64).values())),
+                         ("decoder", decoder_up, benchmark.DECODER_FLOP[512])):
+    print(f"512 px {model}: upsamplings {up / 1e9:4.0f} of {total / 1e9:4.0f} GFLOP "
+          f"({up / total:.0%}); folded, they save {5 / 9 * up / total:.0%} of the model's count")
+
+# %% [markdown]
+# `benchmarks/benchmark.py` has the switch as `sdlearn-folded`, and both switches together as
+# `sdlearn-folded-winograd`. Their runs on the Zen 4, from `benchmarks/RESULTS.md`:
+
+# %%
+folded_section = results.split("### Folded upsampling at full size")[1].split("\n#")[0]
+print(folded_section.split("\n", 1)[1].strip())
+
+
+# %% [markdown]
 # ## All the measured times of this notebook
 #
 # Per call of the tiny UNet (batch 2), per guided prediction, and per sampling step, on this
@@ -920,22 +1015,24 @@ print(f"{'run (JSON)':<34} {'CPU':<22} {'s per 512 px image':<22} {'step, % mm':
       f"{'decode, % mm':<17} targets met")
 for name, cpu, _, image, step, decode, _, met in recorded:
     cpu = re.sub(r"^(AMD|Intel).*\(family (\d+), model (\d+)\)", r"\1 family \2/\3", cpu)
-    name = name.replace(".json", "").replace("(sdlearn-winograd)", "(Winograd)")
+    name = name.replace(".json", "").replace("sdlearn-folded-winograd", "folded+Winograd")
+    name = name.replace("(sdlearn-winograd)", "(Winograd)").replace("(sdlearn-folded)", "(folded)")
     print(f"{name:<34} {cpu:<22} {image:<22} {step:<22} {decode:<17} {met}")
 print("(each cell: sdlearn / KerasCV / diffusers; AMD 25/1 is Zen 3, 25/17 Zen 4, 26/2 Zen 5; "
       "Intel 6/106 Ice Lake)")
 
 # %% [markdown]
-# sdlearn is the fastest per image in every full run but the last (on the Zen 4 by only 2%, and
-# in the last run 1.6% slower than diffusers: both inside one run's noise), and its decode is at
-# or within a point of 75% everywhere. The guided step is the target it misses: 72-85% in the
+# sdlearn is the fastest per image in every full run but cpu-zen4-winograd (there 1.6% slower
+# than diffusers, and in cpu-zen4 faster by only 2%: both inside one run's noise), and its
+# decode is at or within a point of 75% everywhere. The guided step is the target it misses: 72-85% in the
 # full runs on the AMD machines, 53% on the Intel Ice Lake, where TensorFlow's eager matmul (the
 # ceiling) runs through oneDNN and XLA's own matmul reaches 84% of it
 # (`benchmarks/matmul_paths.py`; 95% on the Zen 4). Only a step-only run on the Zen 3 went past
-# 85%. The rows marked (Winograd) are section 8's fast path in the same runs as the rows above
-# them: in the full run the fastest per image and the heaviest in memory, the target it misses;
-# in the step-only run past 85% by the direct convolution's FLOP count (less arithmetic, not
-# busier multipliers).
+# 85%. The rows marked (folded), (Winograd) and (folded+Winograd) are section 8's fast paths in
+# the same runs as the rows above them. Folding alone is faster per image at the same memory,
+# and still short of 85% in the step. With Winograd's convolutions sdlearn is the fastest per
+# image and its step passes 85% by SD's FLOP count (less arithmetic, not busier multipliers),
+# but it has the highest peak memory, the one target those rows miss.
 #
 # The side-by-side run times each implementation minutes apart; on a virtual machine the rate
 # of the cores drifts by tens of percent in that time (the matmul ranges in RESULTS.md). The
@@ -1010,6 +1107,7 @@ print("2. on the GPU machine, with .whl carried along:\n" + device_call)
 # | blocked attention (the default) | the same numbers (0 difference measured) | SD's 64x64 attention 2.4x faster on the Zen 3 (`benchmarks/attention.py`) | CPUs, large images |
 # | fused attention | to ~1e-6 | no change (TensorFlow has no fused kernel) | GPUs, large images |
 # | Winograd convolutions | to ~1e-6 | SD v1 on the Zen 4: a 512 px image 10% faster, its decode 39%, for 2.3 GB more memory | CPUs with memory to spare |
+# | folded upsampling | to ~1e-6 | SD v1 on the Zen 4: its decode 15% faster, a 512 px image 3%, the same memory; with Winograd's convolutions, an image 15% faster (177.6 s), for 2.1 GB more | everywhere: less arithmetic, no copy |
 #
 # Turning everything on for a GPU is one constructor and one setting:
 #
