@@ -138,23 +138,48 @@ def test_xla_with_blocked_attention_equals_eager_einsums(unet, small_blocks, mon
     assert small_blocks
 
 
+def record_calls(monkeypatch, name):
+    """The (H, W, C_in, C_out) of each call of ``sdlearn.layers.<name>(x, kernel)`` from now."""
+    calls, function = [], getattr(layers, name)
+    monkeypatch.setattr(layers, name, lambda x, kernel: calls.append(
+        tuple(x.shape[1:]) + (kernel.shape[-1],)) or function(x, kernel))
+    return calls
+
+
 @pytest.fixture
 def winograd_calls(monkeypatch):
-    """The (H, W, C_in, C_out) of each convolution computed by ``winograd_conv``."""
-    calls = []
-    winograd = layers.winograd_conv
-    monkeypatch.setattr(layers, "winograd_conv", lambda x, kernel: calls.append(
-        tuple(x.shape[1:]) + (kernel.shape[-1],)) or winograd(x, kernel))
-    return calls
+    return record_calls(monkeypatch, "winograd_conv")
+
+
+def image_and_kernel(shape, c_out, seed):
+    """A random image (shape) and 3x3 kernel to c_out channels: outputs of size ~1, as in the
+    models."""
+    rng = np.random.default_rng(seed)
+    kernel = rng.standard_normal((3, 3, shape[-1], c_out)) / np.sqrt(9 * shape[-1])
+    return rng.standard_normal(shape).astype("float32"), kernel.astype("float32")
+
+
+def half_precision_error(make_layer, monkeypatch, switch, value, policy):
+    """max |layer in ``policy`` with the switch on - the float32 layer, switch off|, over the
+    latter's standard deviation; and the half layer's output dtype."""
+    x = np.random.default_rng(7).standard_normal((2, 8, 8, 16)).astype("float32")
+    keras.utils.set_random_seed(7)
+    plain = make_layer()
+    reference = ops.convert_to_numpy(plain(x))
+    with fast.dtype_policy(policy):
+        half = make_layer()
+    half.build(x.shape)
+    half.set_weights(plain.get_weights())
+    monkeypatch.setattr(layers, switch, value)
+    got = half(x)
+    error = np.abs(ops.convert_to_numpy(ops.cast(got, "float32")) - reference).max()
+    return error / reference.std(), keras.backend.standardize_dtype(got.dtype)
 
 
 @pytest.mark.parametrize("shape, c_out", [((2, 4, 4, 8), 5), ((1, 6, 10, 3), 4),
                                           ((3, 16, 16, 64), 64), ((1, 2, 2, 1), 1)])
 def test_winograd_convolution_equals_the_direct_one(shape, c_out):
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal(shape).astype("float32")
-    kernel = (rng.standard_normal((3, 3, shape[-1], c_out)) / np.sqrt(9 * shape[-1]))
-    kernel = kernel.astype("float32")  # outputs of size ~1, as in the models
+    x, kernel = image_and_kernel(shape, c_out, seed=5)
     direct = ops.convert_to_numpy(ops.conv(x, kernel, padding="same"))
     got = ops.convert_to_numpy(layers.winograd_conv(x, kernel))
     assert got.shape == direct.shape
@@ -183,61 +208,23 @@ def test_winograd_only_where_it_applies(winograd_calls, monkeypatch, shape, filt
     assert winograd_calls == ([shape[1:] + (filters,)] if used else [])
 
 
-def test_winograd_in_all_three_models(unet, winograd_calls, monkeypatch):
-    calls = three_model_calls(unet)
-    plain = {name: ops.convert_to_numpy(f()) for name, f in calls.items()}
-    assert winograd_calls == []  # "direct" is the default
-    monkeypatch.setattr(layers, "CONVOLUTION", "winograd")
-    for name, f in calls.items():
-        np.testing.assert_allclose(ops.convert_to_numpy(f()), plain[name], **FLOAT32,
-                                   err_msg=name)
-    sides = {call[0] for call in winograd_calls}
-    assert sides == {2, 4, 8, 16, 32, 64}  # the UNet's levels 8, 4 and 2; the decoder's 8 to 64
-
-
 @pytest.mark.parametrize("policy", sorted(HALF_TOLERANCE))
 def test_winograd_in_half_precision(winograd_calls, monkeypatch, policy):
-    x = np.random.default_rng(7).standard_normal((2, 8, 8, 16)).astype("float32")
-    keras.utils.set_random_seed(7)
-    plain = layers.conv(16, 3)
-    reference = ops.convert_to_numpy(plain(x))
-    with fast.dtype_policy(policy):
-        half = layers.conv(16, 3)
-    half.build(x.shape)
-    half.set_weights(plain.get_weights())
-    monkeypatch.setattr(layers, "CONVOLUTION", "winograd")
-    got = half(x)
-    assert keras.backend.standardize_dtype(got.dtype) == policy.split("_")[1] and winograd_calls
-    error = np.abs(ops.convert_to_numpy(ops.cast(got, "float32")) - reference).max()
-    assert error / reference.std() < HALF_TOLERANCE[policy]
-
-
-def test_xla_with_winograd_equals_eager_direct(unet, winograd_calls, monkeypatch):
-    inputs = unet_inputs()
-    eager = ops.convert_to_numpy(unet(inputs))
-    monkeypatch.setattr(layers, "CONVOLUTION", "winograd")  # read when XLA traces the model
-    unet.compile(jit_compile=True)
-    np.testing.assert_allclose(unet.predict_on_batch(inputs), eager, **FLOAT32)
-    assert winograd_calls
+    error, dtype = half_precision_error(lambda: layers.conv(16, 3), monkeypatch, "CONVOLUTION",
+                                        "winograd", policy)
+    assert dtype == policy.split("_")[1] and winograd_calls
+    assert error < HALF_TOLERANCE[policy]
 
 
 @pytest.fixture
 def folded_calls(monkeypatch):
-    """The (H, W, C_in, C_out) of each upsampling computed by ``folded_upsample_conv``."""
-    calls = []
-    folded = layers.folded_upsample_conv
-    monkeypatch.setattr(layers, "folded_upsample_conv", lambda x, kernel: calls.append(
-        tuple(x.shape[1:]) + (kernel.shape[-1],)) or folded(x, kernel))
-    return calls
+    return record_calls(monkeypatch, "folded_upsample_conv")
 
 
 @pytest.mark.parametrize("shape, c_out", [((2, 4, 4, 8), 5), ((1, 5, 7, 3), 4),
                                           ((1, 16, 16, 64), 64), ((1, 1, 1, 2), 3)])
 def test_folded_upsampling_equals_copy_then_convolution(shape, c_out):
-    rng = np.random.default_rng(8)
-    x = rng.standard_normal(shape).astype("float32")
-    kernel = (rng.standard_normal((3, 3, shape[-1], c_out)) / np.sqrt(9 * shape[-1]))
-    kernel = kernel.astype("float32")
+    x, kernel = image_and_kernel(shape, c_out, seed=8)
     copied = ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)  # (B, 2H, 2W, C_in)
     plain = ops.convert_to_numpy(ops.conv(copied, kernel, padding="same"))
     got = ops.convert_to_numpy(layers.folded_upsample_conv(x, kernel))
@@ -251,42 +238,44 @@ def test_unknown_upsampling_is_named(monkeypatch):
         layers.upsample(4)(np.zeros((1, 4, 4, 2), "float32"))
 
 
-def test_folded_upsampling_in_the_unet_and_the_decoder(unet, folded_calls, monkeypatch):
+@pytest.mark.parametrize("policy", sorted(HALF_TOLERANCE))
+def test_folded_upsampling_in_half_precision(folded_calls, monkeypatch, policy):
+    error, dtype = half_precision_error(lambda: layers.upsample(16), monkeypatch, "UPSAMPLING",
+                                        "folded", policy)
+    assert dtype == policy.split("_")[1] and folded_calls
+    assert error < HALF_TOLERANCE[policy]
+
+
+CPU_FAST_PATHS = pytest.mark.parametrize("switch, value, function, sides", [
+    # The UNet's levels 8, 4 and 2 (toy sizes); the decoder's 8 to 64.
+    ("CONVOLUTION", "winograd", "winograd_conv", {2, 4, 8, 16, 32, 64}),
+    # The UNet's upsamplings 2 -> 4 and 4 -> 8; the decoder's 8 -> 16 -> 32 -> 64.
+    ("UPSAMPLING", "folded", "folded_upsample_conv", {2, 4, 8, 16, 32})])
+
+
+@CPU_FAST_PATHS
+def test_cpu_fast_path_in_all_three_models(unet, monkeypatch, switch, value, function, sides):
+    traced = record_calls(monkeypatch, function)
     calls = three_model_calls(unet)
     plain = {name: ops.convert_to_numpy(f()) for name, f in calls.items()}
-    assert folded_calls == []  # "copy" is the default
-    monkeypatch.setattr(layers, "UPSAMPLING", "folded")
+    assert traced == []  # off by default
+    monkeypatch.setattr(layers, switch, value)
     for name, f in calls.items():
         np.testing.assert_allclose(ops.convert_to_numpy(f()), plain[name], **FLOAT32,
                                    err_msg=name)
-    # The UNet's upsamplings (2 -> 4, 4 -> 8 here) and the decoder's (8 -> 16 -> 32 -> 64).
-    assert sorted(call[0] for call in folded_calls) == [2, 4, 8, 16, 32]
+    assert {call[0] for call in traced} == sides
 
 
-def test_xla_with_folded_upsampling_equals_eager_copies(unet, folded_calls, monkeypatch):
+@CPU_FAST_PATHS
+def test_xla_with_cpu_fast_path_equals_eager_default(unet, monkeypatch, switch, value, function,
+                                                     sides):
+    traced = record_calls(monkeypatch, function)
     inputs = unet_inputs()
     eager = ops.convert_to_numpy(unet(inputs))
-    monkeypatch.setattr(layers, "UPSAMPLING", "folded")  # read when XLA traces the model
+    monkeypatch.setattr(layers, switch, value)  # read when XLA traces the model
     unet.compile(jit_compile=True)
     np.testing.assert_allclose(unet.predict_on_batch(inputs), eager, **FLOAT32)
-    assert folded_calls
-
-
-@pytest.mark.parametrize("policy", sorted(HALF_TOLERANCE))
-def test_folded_upsampling_in_half_precision(folded_calls, monkeypatch, policy):
-    x = np.random.default_rng(9).standard_normal((2, 8, 8, 16)).astype("float32")
-    keras.utils.set_random_seed(9)
-    plain = layers.upsample(16)
-    reference = ops.convert_to_numpy(plain(x))
-    with fast.dtype_policy(policy):
-        half = layers.upsample(16)
-    half.build(x.shape)
-    half.set_weights(plain.get_weights())
-    monkeypatch.setattr(layers, "UPSAMPLING", "folded")
-    got = half(x)
-    assert keras.backend.standardize_dtype(got.dtype) == policy.split("_")[1] and folded_calls
-    error = np.abs(ops.convert_to_numpy(ops.cast(got, "float32")) - reference).max()
-    assert error / reference.std() < HALF_TOLERANCE[policy]
+    assert {call[0] for call in traced} <= sides and traced
 
 
 def test_two_guidance_calls_equal_one_batched_call(unet):
