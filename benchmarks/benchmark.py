@@ -46,6 +46,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -541,16 +542,20 @@ def main():
     args.implementations += extra
     table, notes = rows(results, args)
     cpu = cpu_name()
+    # XLA_FLAGS changes what every Keras worker compiles: part of the command that reproduces it.
+    xla_flags = os.environ.get("XLA_FLAGS", "")
     print(f"\nStable Diffusion v1 ({args.config}), random weights, batch {args.batch}: guided "
           f"step at {args.step_size} px (best of {args.repeats}), generation at {args.size} px "
           f"with {args.steps} DDIM steps, guidance 7.5. {started}, {cpu}, "
           f"{os.cpu_count()} cores; load average before {load_before[0]:.2f}, after "
-          f"{os.getloadavg()[0]:.2f}.\nCommand: python benchmarks/benchmark.py "
+          f"{os.getloadavg()[0]:.2f}.\nCommand: "
+          + (f"XLA_FLAGS={shlex.quote(xla_flags)} " if xla_flags else "")
+          + "python benchmarks/benchmark.py "
           + " ".join(sys.argv[1:]) + "\n")
     print("\n".join(table + [""] + notes))
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"args": vars(args), "started": started, "cpu": cpu,
+            {"args": vars(args), "started": started, "cpu": cpu, "xla_flags": xla_flags,
              "load": [load_before, os.getloadavg()],
              "results": {f"{n} {t}": r for (n, t), r in results.items()}}, indent=1))
 

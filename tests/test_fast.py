@@ -383,6 +383,29 @@ def test_benchmark_table_states_ratios_to_the_matmul_rate(monkeypatch):
     assert "| sdlearn | Keras | 140-160 | 3.00 |  |" in table[2]
 
 
+def test_benchmark_records_the_xla_flags_it_ran_with(monkeypatch, tmp_path, capsys):
+    """XLA_FLAGS changes what XLA compiles (RESULTS.md measures one), so a run's printed command
+    and its JSON carry them: the command reproduces the run. (The worker of an unknown
+    implementation fails at once, so no model is built here.)"""
+    import json
+    import sys
+
+    benchmark = benchmark_script("benchmark", monkeypatch)
+    result = tmp_path / "run.json"
+    command = ["--implementations", "nothing", "--tasks", "step", "--json", str(result)]
+    monkeypatch.setattr(sys, "argv", ["benchmark.py"] + command)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_a=1 --xla_b=2")
+    benchmark.main()
+    printed = capsys.readouterr().out
+    assert ("Command: XLA_FLAGS='--xla_a=1 --xla_b=2' python benchmarks/benchmark.py "
+            + " ".join(command)) in printed
+    assert json.loads(result.read_text())["xla_flags"] == "--xla_a=1 --xla_b=2"
+    monkeypatch.delenv("XLA_FLAGS")
+    benchmark.main()
+    assert "Command: python benchmarks/benchmark.py " in capsys.readouterr().out
+    assert json.loads(result.read_text())["xla_flags"] == ""
+
+
 def test_matmul_paths_table_shares_against_each_path(monkeypatch):
     """benchmarks/matmul_paths.py's table: XLA's best matmul rate against each path's best."""
     matmul_paths = benchmark_script("matmul_paths", monkeypatch)
