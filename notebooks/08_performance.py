@@ -804,7 +804,7 @@ for name, model in conv_models.items():
     seconds = best_time(lambda m=model: m.predict_on_batch(x32), 5)[1]
     print(f"{name:>8}: {seconds * 1e3:5.1f} ms = {direct_flops / seconds / 1e9:4.0f} GFLOP/s, "
           f"counting the direct convolution's {direct_flops / 1e9:.2f} GFLOP")
-print(f"(the float32 matmul of section 2: {rate / 1e9:.0f} GFLOP/s)")
+print(f"(the float32 matmul of section 2, measured again now: {matmul_rate() / 1e9:.0f} GFLOP/s)")
 
 # %% [markdown]
 # Counted with the direct convolution's FLOPs, as every table of this chapter counts them, the
@@ -890,7 +890,7 @@ for name, model in up_models.items():
     seconds = best_time(lambda m=model: m.predict_on_batch(x16), 5)[1]
     print(f"{name:>6}: {seconds * 1e3:5.1f} ms = {up_flops / seconds / 1e9:4.0f} GFLOP/s, "
           f"counting the copy's convolution, {up_flops / 1e9:.2f} GFLOP")
-print(f"(the float32 matmul of section 2: {rate / 1e9:.0f} GFLOP/s)")
+print(f"(the float32 matmul of section 2, measured again now: {matmul_rate() / 1e9:.0f} GFLOP/s)")
 
 # %% [markdown]
 # How much of SD v1's arithmetic is in upsamplings, counted on the copy as everywhere in this
@@ -1032,7 +1032,13 @@ print("(each cell: sdlearn / KerasCV / diffusers; AMD 25/1 is Zen 3, 25/17 Zen 4
 # the same runs as the rows above them. Folding alone is faster per image at the same memory,
 # and still short of 85% in the step. With Winograd's convolutions sdlearn is the fastest per
 # image and its step passes 85% by SD's FLOP count (less arithmetic, not busier multipliers),
-# but it has the highest peak memory, the one target those rows miss.
+# but it has the highest peak memory, the one target those rows miss. Is that memory XLA's
+# schedule, which runs independent operations side by side and may start every kernel's
+# transform early? Hardly: with XLA's memory-lean schedule for every Keras row
+# (`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`; RESULTS.md, "Is
+# Winograd's memory XLA's schedule?") folded+Winograd peaked at 8.85 GB instead of 9.15 and
+# KerasCV at 7.57 instead of 7.60. The memory is Winograd's own: tiles, products and transformed
+# kernels, and larger programs to compile.
 #
 # The side-by-side run times each implementation minutes apart; on a virtual machine the rate
 # of the cores drifts by tens of percent in that time (the matmul ranges in RESULTS.md). The
