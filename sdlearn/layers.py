@@ -45,6 +45,11 @@ CONVOLUTIONS = ("direct", "winograd")
 # SD's 1280-wide kernels are most of the UNet's weights (benchmarks/RESULTS.md, on a Zen 4: a
 # 512 px image peaked at 10.2 GB with them, 9.3 GB without, 7.0 GB with direct convolutions).
 WINOGRAD_MAX_WIDTH = 640
+# ... and only where one image's transformed tiles, 4 x H x W x C_in values, are at most this
+# many (64 MB in float32): the tiles and the 16 products are made whole, so one convolution at
+# the decoder's 256 and 512 px levels would hold 0.5 to 1 GB more than the direct one does. At
+# 512 px this keeps every UNet convolution and the decoder's 64x64 level.
+WINOGRAD_MAX_TILES = 2 ** 24
 
 # The upsampling switch (a fast path, read when a model is traced):
 #   "copy"      copy each pixel into a 2x2 block, then a 3x3 convolution (the default: SD's
@@ -224,7 +229,8 @@ def winograd_conv(x, kernel):
 
 class Conv2D(keras.layers.Conv2D):
     """Keras's Conv2D, computing by ``winograd_conv`` where ``CONVOLUTION`` says so and it can:
-    a 3x3 kernel, at most WINOGRAD_MAX_WIDTH wide, on an image of known, even height and width.
+    a 3x3 kernel, at most WINOGRAD_MAX_WIDTH wide, on an image of known, even height and width
+    whose tiles fit WINOGRAD_MAX_TILES.
     (The class keeps Keras's name, so that model summaries read the same either way.)"""
 
     def convolution_op(self, inputs, kernel):  # (B, H, W, C_in) -> (B, H, W, C_out)
@@ -232,7 +238,8 @@ class Conv2D(keras.layers.Conv2D):
         sides = inputs.shape[1:3]
         if (CONVOLUTION == "winograd" and self.kernel_size == (3, 3)
                 and self.filters <= WINOGRAD_MAX_WIDTH
-                and all(isinstance(side, int) and side % 2 == 0 for side in sides)):
+                and all(isinstance(side, int) and side % 2 == 0 for side in sides)
+                and 4 * sides[0] * sides[1] * inputs.shape[-1] <= WINOGRAD_MAX_TILES):
             return winograd_conv(inputs, kernel)
         return super().convolution_op(inputs, kernel)
 

@@ -12,7 +12,7 @@ import pytest
 from keras import ops
 
 from sdlearn import fast, layers, sampler
-from sdlearn.config import TEST
+from sdlearn.config import TEST, get_config
 from sdlearn.pipeline import StableDiffusion
 from sdlearn.text_encoder import TextEncoder
 from sdlearn.unet import UNet
@@ -196,16 +196,29 @@ def test_unknown_convolution_is_named(monkeypatch):
     ((1, 8, 10, 3), 2, 3, True), ((2, 2, 2, 3), 4, 3, True),
     ((1, 5, 8, 3), 2, 3, False),  # F(2x2, 3x3) fills 2x2 blocks: an odd side stays direct
     ((1, 8, 8, 3), 2, 1, False),  # a 1x1 kernel: nothing to save
-    ((1, 8, 8, 3), 5, 3, False)])  # wider than WINOGRAD_MAX_WIDTH (4 here)
+    ((1, 8, 8, 3), 5, 3, False),  # wider than WINOGRAD_MAX_WIDTH (4 here)
+    ((2, 8, 12, 3), 2, 3, True),  # one image's tiles: 4 x 8 x 12 x 3 = WINOGRAD_MAX_TILES here
+    ((1, 8, 14, 3), 2, 3, False)])  # 4 x 8 x 14 x 3 tiles: more than WINOGRAD_MAX_TILES
 def test_winograd_only_where_it_applies(winograd_calls, monkeypatch, shape, filters,
                                         kernel_size, used):
     monkeypatch.setattr(layers, "WINOGRAD_MAX_WIDTH", 4)
+    monkeypatch.setattr(layers, "WINOGRAD_MAX_TILES", 4 * 8 * 12 * 3)
     x = np.random.default_rng(6).standard_normal(shape).astype("float32")
     layer = layers.conv(filters, kernel_size)
     direct = ops.convert_to_numpy(layer(x))  # "direct", the default
     monkeypatch.setattr(layers, "CONVOLUTION", "winograd")
     np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), direct, **FLOAT32)
     assert winograd_calls == ([shape[1:] + (filters,)] if used else [])
+
+
+def test_winograd_tile_limit_on_sds_decoder_at_512px(winograd_calls, monkeypatch):
+    """SD's full-size decoder, traced symbolically (no arithmetic): at 512 px only its 64x64
+    level fits WINOGRAD_MAX_TILES; from 128x128 on (512 channels) it stays direct."""
+    monkeypatch.setattr(layers, "CONVOLUTION", "winograd")
+    decoder = Decoder(get_config("sd-v1").vae)
+    assert decoder(keras.Input((64, 64, 4), batch_size=1)).shape == (1, 512, 512, 3)
+    assert {call[:2] for call in winograd_calls} == {(64, 64)}
+    assert {call[2] for call in winograd_calls} == {512}
 
 
 @pytest.mark.parametrize("policy", sorted(HALF_TOLERANCE))
