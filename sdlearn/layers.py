@@ -220,8 +220,12 @@ def winograd_conv(x, kernel):
     p = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # (B, H+2, W+2, C_in)
     rows = combine(WINOGRAD_BT, [p[:, i:i + 2 * n:2] for i in range(4)])  # 4 x (B, n, W+2, C_in)
     v = [t for r in rows for t in combine(WINOGRAD_BT, [r[:, :, j:j + 2 * m:2] for j in range(4)])]
+    # G g G^T needs only the weights, so XLA would compute every layer's at the start of the
+    # program and hold them all at once (0.46 GB in SD's UNet); adding 0 * one value of x makes
+    # each wait for its layer's input. The same numbers; only the schedule changes.
+    u = winograd_kernel(kernel + 0 * x[0, 0, 0, 0])  # 16 x (C_in, C_out)
     products = [ops.reshape(ops.matmul(ops.reshape(t, (-1, c_in)), g), (-1, n, m, c_out))
-                for t, g in zip(v, winograd_kernel(kernel))]  # 16 x (B, n, m, C_out)
+                for t, g in zip(v, u)]  # 16 x (B, n, m, C_out)
     cols = [combine(WINOGRAD_AT, products[b::4]) for b in range(4)]  # A^T M: [b][dy]
     y = [ops.stack(combine(WINOGRAD_AT, [c[dy] for c in cols]), axis=3) for dy in range(2)]
     return ops.reshape(ops.stack(y, axis=2), (-1, h, w, c_out))  # (B, n, dy, m, dx, C_out)
