@@ -4,7 +4,9 @@ Shapes use B = batch, T = tokens (or pixels, H*W, once an image is flattened), h
 heads, d = head size, C = channels. Images are channels-last: (B, H, W, C).
 """
 
+import functools
 import math
+import operator
 
 import keras
 from keras import ops
@@ -195,8 +197,14 @@ def combine(matrix, parts):
 
     Written as sums (the entries are 0, +-1 and +-1/2), XLA fuses each into one pass over
     memory; as an einsum it would become a matrix multiply with rows of 4, several times slower.
+    Zeros are skipped and +-1 are not multiplies: each operation is one more node in the
+    program XLA compiles, and a whole UNet of them costs memory (benchmarks/RESULTS.md).
     """
-    return [sum(c * part for c, part in zip(row, parts) if c) for row in matrix]
+    def term(c, part):
+        return part if c == 1 else -part if c == -1 else c * part
+
+    return [functools.reduce(operator.add, [term(c, part) for c, part in zip(row, parts) if c])
+            for row in matrix]
 
 
 def winograd_kernel(kernel):
