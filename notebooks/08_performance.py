@@ -766,7 +766,8 @@ show_source(layers.winograd_conv)
 # %% [markdown]
 # The switch is `sdlearn.layers.CONVOLUTION = "winograd"` (`"direct"`, Keras's own
 # convolution, is the default), read when a model is traced, like `ATTENTION`. sdlearn's
-# `Conv2D` is Keras's with one method replaced, and takes the new path where it applies:
+# `Conv2D` is Keras's with one method replaced, and takes the new path where it applies (and
+# where one image's transformed tiles fit `WINOGRAD_MAX_TILES`: the memory below):
 
 # %%
 show_source(layers.Conv2D)
@@ -777,7 +778,8 @@ show_source(layers.Conv2D)
 # of the values, where every other CPU path of this chapter is exact or nearly. And it costs
 # memory: the transformed tiles and the 16 products are each four times the size of the
 # image they come from, and the transformed kernels are 16/9 of the kernels; the direct
-# convolution needs no such copies. The check and a timing on one convolution of SD's 32x32
+# convolution needs no such copies (at full size, RESULTS.md measures what each costs and how
+# much of it sdlearn takes back). The check and a timing on one convolution of SD's 32x32
 # level at 256 px (batch 2, 320 channels in and out), both compiled with XLA, with the same
 # layer, so the same kernel:
 
@@ -1011,13 +1013,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # runs.py imports benchmark.py's F
 import runs  # noqa: E402
 
 recorded = runs.all_cells(sorted((ROOT / "benchmarks").glob("cpu*.json")))
-print(f"{'run (JSON)':<34} {'CPU':<22} {'s per 512 px image':<22} {'step, % mm':<22} "
+print(f"{'run (JSON)':<48} {'CPU':<22} {'s per 512 px image':<22} {'step, % mm':<22} "
       f"{'decode, % mm':<17} targets met")
 for name, cpu, _, image, step, decode, _, met in recorded:
     cpu = re.sub(r"^(AMD|Intel).*\(family (\d+), model (\d+)\)", r"\1 family \2/\3", cpu)
     name = name.replace(".json", "").replace("sdlearn-folded-winograd", "folded+Winograd")
     name = name.replace("(sdlearn-winograd)", "(Winograd)").replace("(sdlearn-folded)", "(folded)")
-    print(f"{name:<34} {cpu:<22} {image:<22} {step:<22} {decode:<17} {met}")
+    print(f"{name:<48} {cpu:<22} {image:<22} {step:<22} {decode:<17} {met}")
 print("(each cell: sdlearn / KerasCV / diffusers; AMD 25/1 is Zen 3, 25/17 Zen 4, 26/2 Zen 5; "
       "Intel 6/106 Ice Lake)")
 
@@ -1038,7 +1040,20 @@ print("(each cell: sdlearn / KerasCV / diffusers; AMD 25/1 is Zen 3, 25/17 Zen 4
 # (`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`; RESULTS.md, "Is
 # Winograd's memory XLA's schedule?") folded+Winograd peaked at 8.85 GB instead of 9.15 and
 # KerasCV at 7.57 instead of 7.60. The memory is Winograd's own: tiles, products and transformed
-# kernels, and larger programs to compile.
+# kernels, and larger programs to compile. Three changes took 1.4 GB of it back (the rows
+# cpu-zen4-tile-limit and cpu-zen4-winograd-memory): no Winograd where one image's tiles
+# pass `WINOGRAD_MAX_TILES` (the decoder's 128 to 512 px levels), each kernel's transform made
+# when its layer's input is ready instead of all at the start, and fewer operations in the
+# program. Folded+Winograd then peaked at 7.76 GB, 0.19 GB above KerasCV, and still took 15%
+# less time per image:
+
+# %%
+memory_section = results.split("### Winograd in less memory")[1].split("\n## ")[0]
+print(memory_section.split("\n", 1)[1].strip())
+
+# %% [markdown]
+# On this Zen 4, then, no configuration meets all five targets: without Winograd the step
+# misses 85%, with it the memory misses KerasCV's, by 0.19 GB.
 #
 # The side-by-side run times each implementation minutes apart; on a virtual machine the rate
 # of the cores drifts by tens of percent in that time (the matmul ranges in RESULTS.md). The
@@ -1112,7 +1127,7 @@ print("2. on the GPU machine, with .whl carried along:\n" + device_call)
 # | bfloat16 / float16 | to ~1e-1 / 1e-2 of the scale | no faster: Zen 3 has no half arithmetic; Zen 5's bfloat16 matmuls run 1.8-1.9x, its whole UNet 0.8x | GPUs with tensor cores |
 # | blocked attention (the default) | the same numbers (0 difference measured) | SD's 64x64 attention 2.4x faster on the Zen 3 (`benchmarks/attention.py`) | CPUs, large images |
 # | fused attention | to ~1e-6 | no change (TensorFlow has no fused kernel) | GPUs, large images |
-# | Winograd convolutions | to ~1e-6 | SD v1 on the Zen 4: a 512 px image 10% faster, its decode 39%, for 2.3 GB more memory | CPUs with memory to spare |
+# | Winograd convolutions | to ~1e-6 | SD v1 on the Zen 4: a 512 px image 10% faster, its decode 39%, for 2.3 GB more memory; within `WINOGRAD_MAX_TILES`, with folded upsampling, an image 15% faster than KerasCV's for 0.19 GB more (7.76 GB) | CPUs with memory to spare |
 # | folded upsampling | to ~1e-6 | SD v1 on the Zen 4: its decode 15% faster, a 512 px image 3%, the same memory; with Winograd's convolutions, an image 15% faster (177.6 s), for 2.1 GB more | everywhere: less arithmetic, no copy |
 #
 # Turning everything on for a GPU is one constructor and one setting:
