@@ -42,11 +42,11 @@ BLOCK_SCORES = 2 ** 20
 #               more memory (see ``winograd_conv`` and benchmarks/RESULTS.md).
 CONVOLUTION = "direct"
 CONVOLUTIONS = ("direct", "winograd")
-# Winograd only for kernels of at most this many output channels: XLA's schedule keeps the
-# transformed copies of the kernels (16/9 of each kernel's size) in memory at the same time, and
-# SD's 1280-wide kernels are most of the UNet's weights (benchmarks/RESULTS.md, on a Zen 4, before
-# WINOGRAD_MAX_TILES: a 512 px image peaked at 10.2 GB with them, 9.3 GB without, 7.0 GB with
-# direct convolutions).
+# Winograd only for kernels of at most this many output channels: SD's 1280-wide kernels are most
+# of the UNet's weights, so their transformed copies (16/9 of each kernel's size) are the largest
+# of Winograd's extra memory (benchmarks/RESULTS.md, on a Zen 4, before WINOGRAD_MAX_TILES and
+# before each transform waited for its input: a 512 px image peaked at 10.2 GB with them, 9.3 GB
+# without, 7.0 GB with direct convolutions).
 WINOGRAD_MAX_WIDTH = 640
 # ... and only where one image's transformed tiles, 4 x H x W x C_in values, are at most this
 # many (64 MB in float32): the tiles and the 16 products are made whole, so one convolution at
