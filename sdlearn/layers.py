@@ -50,7 +50,7 @@ CONVOLUTIONS = ("direct", "winograd")
 WINOGRAD_MAX_WIDTH = 640
 # ... and only where one image's transformed tiles, 4 x H x W x C_in values, are at most this
 # many (64 MB in float32): the tiles and the 16 products are made whole, so one convolution at
-# the decoder's 256 and 512 px levels would hold 0.5 to 1 GB more than the direct one does. At
+# the decoder's 256 and 512 px levels would hold 0.5 to 1.6 GB more than the direct one does. At
 # 512 px this keeps every UNet convolution and the decoder's 64x64 level.
 WINOGRAD_MAX_TILES = 2 ** 24
 
