@@ -1053,7 +1053,8 @@ print(memory_section.split("\n", 1)[1].strip())
 
 # %% [markdown]
 # On this Zen 4, then, no configuration meets all five targets: without Winograd the step
-# misses 85%, with it the memory misses KerasCV's, by 0.19 GB.
+# misses 85%, with it the memory misses KerasCV's, by 0.19 GB (and in that last full run, on a
+# slow host, the step too: 84.2%, against 86.0% in the step-only run right after it).
 #
 # The side-by-side run times each implementation minutes apart; on a virtual machine the rate
 # of the cores drifts by tens of percent in that time (the matmul ranges in RESULTS.md). The
