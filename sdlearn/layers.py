@@ -196,22 +196,28 @@ WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))  # A^T, (2, 4)
 def combine(matrix, parts):
     """A small constant matrix times a list of tensors: [sum_i matrix[a][i] * parts[i] for a].
 
-    Written as sums (the entries are 0, +-1 and +-1/2), XLA fuses each into one pass over
-    memory; as an einsum it would become a matrix multiply with rows of 4, several times slower.
-    Zeros are skipped and +-1 are not multiplies: each operation is one more node in the
+    Written as sums, XLA fuses each into one pass over memory; as an einsum it would become a
+    matrix multiply with rows of 4, several times slower. The nonzero entries of a row of
+    Winograd's matrices are +-s (s = 1 or 1/2), so a row is s * (the parts at +s minus the parts
+    at -s): nothing for a zero, at most one multiply. Each operation is one more node in the
     program XLA compiles, and a whole UNet of them costs memory (benchmarks/RESULTS.md).
     """
-    def term(c, part):
-        return part if c == 1 else -part if c == -1 else c * part
-
-    return [functools.reduce(operator.add, [term(c, part) for c, part in zip(row, parts) if c])
-            for row in matrix]
+    sums = []
+    for row in matrix:
+        s = max(row)
+        if any(c not in (0, s, -s) for c in row):
+            raise ValueError(f"combine takes rows whose nonzero entries are +-s, got {row}")
+        plus = [part for c, part in zip(row, parts) if c == s]
+        minus = [part for c, part in zip(row, parts) if c == -s]
+        total = functools.reduce(operator.sub, minus, functools.reduce(operator.add, plus))
+        sums.append(total if s == 1 else s * total)
+    return sums
 
 
 def winograd_kernel(kernel):
     """G g G^T for every pair of channels: (3, 3, C_in, C_out) -> 16 x (C_in, C_out)."""
-    rows = combine(WINOGRAD_G, [kernel[i] for i in range(3)])  # 4 x (3, C_in, C_out)
-    return [t for r in rows for t in combine(WINOGRAD_G, [r[j] for j in range(3)])]
+    rows = combine(WINOGRAD_G, ops.unstack(kernel))  # 4 x (3, C_in, C_out)
+    return [t for r in rows for t in combine(WINOGRAD_G, ops.unstack(r))]
 
 
 def winograd_conv(x, kernel):
@@ -224,7 +230,7 @@ def winograd_conv(x, kernel):
     convolution's arithmetic; the transforms are additions. The transformed tiles and the
     products are each 4x the size of the image (memory that the direct convolution never uses).
     """
-    h, w, c_in, c_out = x.shape[1], x.shape[2], kernel.shape[2], kernel.shape[3]
+    h, w, c_out = x.shape[1], x.shape[2], kernel.shape[3]
     n, m = h // 2, w // 2  # blocks down and across
     p = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # (B, H+2, W+2, C_in)
     rows = combine(WINOGRAD_BT, [p[:, i:i + 2 * n:2] for i in range(4)])  # 4 x (B, n, W+2, C_in)
@@ -233,8 +239,7 @@ def winograd_conv(x, kernel):
     # program and hold them all at once (0.46 GB in SD's UNet); adding 0 * one value of x makes
     # each wait for its layer's input. The same numbers; only the schedule changes.
     u = winograd_kernel(kernel + 0 * x[0, 0, 0, 0])  # 16 x (C_in, C_out)
-    products = [ops.reshape(ops.matmul(ops.reshape(t, (-1, c_in)), g), (-1, n, m, c_out))
-                for t, g in zip(v, u)]  # 16 x (B, n, m, C_out)
+    products = [ops.einsum("bnmi,io->bnmo", t, g) for t, g in zip(v, u)]  # 16 x (B, n, m, C_out)
     cols = [combine(WINOGRAD_AT, products[b::4]) for b in range(4)]  # A^T M: [b][dy]
     y = [ops.stack(combine(WINOGRAD_AT, [c[dy] for c in cols]), axis=3) for dy in range(2)]
     return ops.reshape(ops.stack(y, axis=2), (-1, h, w, c_out))  # (B, n, dy, m, dx, C_out)

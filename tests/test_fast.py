@@ -186,6 +186,18 @@ def test_winograd_convolution_equals_the_direct_one(shape, c_out):
     np.testing.assert_allclose(got, direct, **FLOAT32)
 
 
+@pytest.mark.parametrize("matrix", [layers.WINOGRAD_BT, layers.WINOGRAD_G, layers.WINOGRAD_AT])
+def test_combine_is_the_matrix_product(matrix):
+    parts = np.random.default_rng(9).standard_normal((len(matrix[0]), 3, 5)).astype("float32")
+    got = [ops.convert_to_numpy(t) for t in layers.combine(matrix, list(parts))]
+    np.testing.assert_allclose(got, np.einsum("ai,ijk->ajk", np.array(matrix), parts), **FLOAT32)
+
+
+def test_combine_names_a_row_it_cannot_take():
+    with pytest.raises(ValueError, match=r"nonzero entries are \+-s, got \(1, -0.5, 0\)"):
+        layers.combine([(1, -0.5, 0)], [np.ones(2, "float32")] * 3)
+
+
 def test_unknown_convolution_is_named(monkeypatch):
     monkeypatch.setattr(layers, "CONVOLUTION", "fft")
     with pytest.raises(ValueError, match=r"one of \('direct', 'winograd'\), got 'fft'"):
