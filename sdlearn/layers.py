@@ -215,9 +215,10 @@ def combine(matrix, parts):
 
 
 def winograd_kernel(kernel):
-    """G g G^T for every pair of channels: (3, 3, C_in, C_out) -> 16 x (C_in, C_out)."""
-    rows = combine(WINOGRAD_G, ops.unstack(kernel))  # 4 x (3, C_in, C_out)
-    return [t for r in rows for t in combine(WINOGRAD_G, ops.unstack(r))]
+    """G g G^T for every pair of channels: (3, 3, C_in, C_out) -> (16, C_in, C_out)."""
+    rows = ops.stack(combine(WINOGRAD_G, ops.unstack(kernel)))  # (4, 3, C_in, C_out)
+    u = ops.stack(combine(WINOGRAD_G, ops.unstack(rows, axis=1)), axis=1)  # (4, 4, C_in, C_out)
+    return ops.reshape(u, (16,) + tuple(kernel.shape[2:]))
 
 
 def winograd_conv(x, kernel):
@@ -226,8 +227,8 @@ def winograd_conv(x, kernel):
     x: (B, H, W, C_in), kernel: (3, 3, C_in, C_out) -> (B, H, W, C_out). Output block (r, s),
     pixels 2r..2r+1 by 2s..2s+1, reads rows 2r..2r+3 and columns 2s..2s+3 of the zero-padded
     x: row i of every tile at once is the strided slice p[:, i::2]. Each of the 16 products
-    sums over C_in: 16 matrix products of (B*H*W/4, C_in) by (C_in, C_out), 4/9 of the direct
-    convolution's arithmetic; the transforms are additions. The transformed tiles and the
+    sums over C_in: a batch of 16 matrix products of (B*H*W/4, C_in) by (C_in, C_out), 4/9 of
+    the direct convolution's arithmetic; the transforms are additions. The transformed tiles and the
     products are each 4x the size of the image (memory that the direct convolution never uses).
     """
     h, w, c_out = x.shape[1], x.shape[2], kernel.shape[3]
@@ -238,8 +239,11 @@ def winograd_conv(x, kernel):
     # G g G^T needs only the weights, so XLA would compute every layer's at the start of the
     # program and hold them all at once (0.46 GB in SD's UNet); adding 0 * one value of x makes
     # each wait for its layer's input. The same numbers; only the schedule changes.
-    u = winograd_kernel(kernel + 0 * x[0, 0, 0, 0])  # 16 x (C_in, C_out)
-    products = [ops.einsum("bnmi,io->bnmo", t, g) for t, g in zip(v, u)]  # 16 x (B, n, m, C_out)
+    u = winograd_kernel(kernel + 0 * x[0, 0, 0, 0])  # (16, C_in, C_out)
+    # The 16 products as one batched product, like the kernel's transform on stacked tensors:
+    # fewer, larger operations for XLA to compile, 0.2 GB less at the UNet's compilation than 16
+    # separate ones, for 3% more time (benchmarks/RESULTS.md, "Fewer operations").
+    products = ops.unstack(ops.einsum("xbnmi,xio->xbnmo", ops.stack(v), u))  # 16 x (B, n, m, C_out)
     cols = [combine(WINOGRAD_AT, products[b::4]) for b in range(4)]  # A^T M: [b][dy]
     y = [ops.stack(combine(WINOGRAD_AT, [c[dy] for c in cols]), axis=3) for dy in range(2)]
     return ops.reshape(ops.stack(y, axis=2), (-1, h, w, c_out))  # (B, n, dy, m, dx, C_out)
