@@ -578,3 +578,35 @@ def test_runs_py_refuses_the_json_of_a_run_cut_short(monkeypatch, tmp_path):
         runs.load(cut_short)
     with pytest.raises(SystemExit, match="not a readable JSON file"):
         runs.load(tmp_path / "missing.json")
+
+
+def run_compile_memory(*flags):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compile_memory.py"
+    return subprocess.run([sys.executable, str(script), "--config", "test", *flags],
+                          capture_output=True, text=True)
+
+
+def test_compile_memory_prints_each_stage():
+    """benchmarks/compile_memory.py on the toy UNet: every stage, in order, with its memory."""
+    run = run_compile_memory("--latent", "8", "--convolution", "winograd")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert "convolution winograd, upsampling copy" in lines[0]
+    stages = [line[:28].strip() for line in lines[2:]]
+    assert stages == ["Python, TensorFlow, Keras", "UNet built (its weights)",
+                      "traced (TensorFlow graph)", "converted to HLO", "HLO optimised",
+                      "first call (compile, run)", "second call"]
+    numbers = [line[28:].split() for line in lines[2:]]
+    assert all(float(row[1]) > 0 for row in numbers)  # resident GB after each stage
+    assert [len(row) for row in numbers] == [3, 3, 3, 4, 4, 3, 3]  # HLO MB where there is HLO
+
+
+def test_compile_memory_names_a_latent_the_unet_cannot_halve():
+    run = run_compile_memory("--latent", "6")
+    assert run.returncode == 2
+    assert "--latent must be a positive multiple of 4 (the UNet of test halves it that often), " \
+           "got 6" in run.stderr
