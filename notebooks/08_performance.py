@@ -758,7 +758,8 @@ print(f"A^T [(G g) * (B^T d)]:   max |difference| "
 # (pixels, $C_{in}$) by ($C_{in}$, $C_{out}$). The transforms $B^\top d B$ and
 # $A^\top \cdot A$ are additions (their entries are 0 and $\pm 1$) and $G g G^\top$ is made
 # once per call for the whole kernel. sdlearn writes them as sums of slices, which XLA fuses
-# into single passes over memory:
+# into single passes over memory, and the 16 products as one batched product (an einsum over
+# the stacked tiles: fewer, larger operations for XLA to compile, section 9 says why):
 
 # %%
 show_source(layers.winograd_conv)
@@ -1034,7 +1035,7 @@ print("(each cell: sdlearn / KerasCV / diffusers; AMD 25/1 is Zen 3, 25/17 Zen 4
 # the same runs as the rows above them. Folding alone is faster per image at the same memory,
 # and still short of 85% in the step. With Winograd's convolutions sdlearn is the fastest per
 # image and its step passes 85% by SD's FLOP count (less arithmetic, not busier multipliers),
-# but it has the highest peak memory, the one target those rows miss. Is that memory XLA's
+# but it needed the most memory, the target those rows missed until the last one. Is that XLA's
 # schedule, which runs independent operations side by side and may start every kernel's
 # transform early? Hardly: with XLA's memory-lean schedule for every Keras row
 # (`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`; RESULTS.md, "Is
@@ -1048,13 +1049,29 @@ print("(each cell: sdlearn / KerasCV / diffusers; AMD 25/1 is Zen 3, 25/17 Zen 4
 # less time per image:
 
 # %%
-memory_section = results.split("### Winograd in less memory")[1].split("\n## ")[0]
+memory_section = results.split("### Winograd in less memory")[1].split("\n### ")[0]
 print(memory_section.split("\n", 1)[1].strip())
 
 # %% [markdown]
-# On this Zen 4, then, no configuration meets all five targets: without Winograd the step
-# misses 85%, with it the memory misses KerasCV's, by 0.19 GB (and in that last full run, on a
-# slow host, the step too: 84.2%, against 86.0% in the step-only run right after it).
+# Where were the last 0.19 GB? Not in the tiles or the products any more: in compiling. A 512 px
+# generation peaks at the UNet's first call, where XLA converts the traced model to its HLO,
+# optimises it, compiles it to machine code and runs it. `benchmarks/compile_memory.py` takes
+# those stages apart (70 s per setting), and Winograd's extra memory was mostly in the
+# optimisation: its optimised program was three times the direct one's. Writing each row of a
+# transform with subtractions and at most one multiply, the kernel's transform on stacked
+# tensors and the 16 products as one batched einsum (the code above) makes it smaller:
+
+# %%
+program_section = results.split("### Fewer operations")[1].split("\n## ")[0]
+print(program_section.split("\n", 1)[1].strip())
+
+# %% [markdown]
+# So on this Zen 4 one configuration meets all five CPU targets in one run: Winograd's
+# convolutions with folded upsampling (cpu-zen4-stacked above), the step at 88.9% of the matmul
+# rate, 0.13 GB less peak memory than KerasCV and the fastest image of the three. Neither switch
+# is the default: the default sdlearn is SD's definition as KerasCV computes it, and misses the
+# step (77-79% on this machine). Memory was won here by making the compiler's work smaller, not
+# the arithmetic: the same multiplies, fewer and larger operations.
 #
 # The side-by-side run times each implementation minutes apart; on a virtual machine the rate
 # of the cores drifts by tens of percent in that time (the matmul ranges in RESULTS.md). The
@@ -1128,7 +1145,7 @@ print("2. on the GPU machine, with .whl carried along:\n" + device_call)
 # | bfloat16 / float16 | to ~1e-1 / 1e-2 of the scale | no faster: Zen 3 has no half arithmetic; Zen 5's bfloat16 matmuls run 1.8-1.9x, its whole UNet 0.8x | GPUs with tensor cores |
 # | blocked attention (the default) | the same numbers (0 difference measured) | SD's 64x64 attention 2.4x faster on the Zen 3 (`benchmarks/attention.py`) | CPUs, large images |
 # | fused attention | to ~1e-6 | no change (TensorFlow has no fused kernel) | GPUs, large images |
-# | Winograd convolutions | to ~1e-6 | SD v1 on the Zen 4: a 512 px image 10% faster, its decode 39%, for 2.3 GB more memory; within `WINOGRAD_MAX_TILES`, with folded upsampling, an image 15% faster than KerasCV's for 0.19 GB more (7.76 GB) | CPUs with memory to spare |
+# | Winograd convolutions | to ~1e-6 | SD v1 on the Zen 4: a 512 px image 10% faster, its decode 39%, for 2.3 GB more memory; within `WINOGRAD_MAX_TILES`, compiled to a smaller program, with folded upsampling: all five CPU targets in one run, the step at 89% of the matmul rate, an image 7% faster than KerasCV's, 0.13 GB less memory (7.40 GB) | CPUs with memory to spare |
 # | folded upsampling | to ~1e-6 | SD v1 on the Zen 4: its decode 15% faster, a 512 px image 3%, the same memory; with Winograd's convolutions, an image 15% faster (177.6 s), for 2.1 GB more | everywhere: less arithmetic, no copy |
 #
 # Turning everything on for a GPU is one constructor and one setting:
