@@ -18,7 +18,8 @@ the best matmul rate of that window (``timed``). Two tasks:
 - ``generate``: text to image end to end (encode both prompts, ``--steps`` steps, decode) at
   ``--size`` px after a warm-up generation of 1 step (which compiles; of ``--steps`` steps for
   a compiled loop, one program per number of steps), then the decoder alone, best of
-  ``--decode-repeats``. Reported: time per image, decode time and FLOP/s, peak RSS.
+  ``--decode-repeats``. Reported: time per image (and per batch where ``--batch`` > 1), decode
+  time and FLOP/s, peak RSS.
 
 Implementations (``--implementations``, comma-separated; one missing is skipped with a note):
     sdlearn           the defaults: XLA per model, one UNet call of 2B per step, Python loop,
@@ -43,6 +44,7 @@ TensorFlow). All models have random weights: the numbers are speed, not pictures
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -464,12 +466,21 @@ def matmul_span(measured):
     return f"{min(rates) / 1e9:.0f}-{max(rates) / 1e9:.0f}" if rates else ""
 
 
+def seconds(s, decimals=1):
+    """A time with ``decimals`` decimals, or three significant digits below a second: 181.0,
+    0.293 (on a GPU a whole batch takes under a second: one decimal would hide the difference)."""
+    return f"{s:.{2 - math.floor(math.log10(s))}f}" if 0 < s < 1 else f"{s:.{decimals}f}"
+
+
 def rows(results, args):
     """Markdown table rows from {(name, task): result}."""
     step_flop, decode_flop, image_flop = task_flop(args)
     table = ["| implementation | framework | matmul GFLOP/s | guided step s | step GFLOP/s "
              "(% of matmul) | s per image | decode s | decode GFLOP/s (% of matmul) | "
              "peak RSS GB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    if args.batch > 1:  # the GPU target is a time per batch
+        table[0] += f" s per batch of {args.batch} |"
+        table[1] += "---:|"
     if args.peak_tflops:
         table[0] += f" image TFLOP/s (% of {args.peak_tflops:g}) | peak device GB |"
         table[1] += "---:|---:|"
@@ -489,15 +500,18 @@ def rows(results, args):
 
         cells = [name, framework,
                  matmul_span((step, gen)),
-                 f"{step['step_s']:.2f}" if "step_s" in step else "",
+                 seconds(step["step_s"], 2) if "step_s" in step else "",
                  rate(step_flop, step, "step_s"),
-                 f"{gen['image_s']:.1f}" if "image_s" in gen else "",
-                 f"{gen['decode_s']:.1f}" if "decode_s" in gen else "",
+                 seconds(gen["image_s"]) if "image_s" in gen else "",
+                 seconds(gen["decode_s"]) if "decode_s" in gen else "",
                  rate(decode_flop, gen, "decode_s"),
                  f"{gen['peak_rss_gb']:.2f}" if "peak_rss_gb" in gen else ""]
+        if args.batch > 1:
+            cells.append(seconds(gen["image_s"] * args.batch) if "image_s" in gen else "")
         if args.peak_tflops:
             tflops = image_flop / gen["image_s"] / 1e12 if "image_s" in gen else float("nan")
-            cells += [f"{tflops:.1f} ({100 * tflops / args.peak_tflops:.1f}%)",
+            cells += [f"{tflops:.1f} ({100 * tflops / args.peak_tflops:.1f}%)"
+                      if tflops == tflops else "",  # nan: not counted (the toy configuration)
                       f"{gen['peak_device_gb']:.1f}" if "peak_device_gb" in gen else ""]
         table.append("| " + " | ".join(cells) + " |")
     return table, notes

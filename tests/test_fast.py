@@ -408,6 +408,32 @@ def test_benchmark_table_states_ratios_to_the_matmul_rate(monkeypatch):
     assert "| sdlearn | Keras | 140-160 | 3.00 |  |" in table[2]
 
 
+def test_benchmark_table_gives_a_gpu_batch_its_digits(monkeypatch):
+    """On a GPU a batch of 3 images takes under a second and the target is a time per batch: the
+    table prints three significant digits and the batch's time, never "nan"."""
+    from types import SimpleNamespace
+
+    benchmark = benchmark_script("benchmark", monkeypatch)
+    assert [benchmark.seconds(s) for s in (181.04, 1.826, 0.2934, 0.0339)] == [
+        "181.0", "1.8", "0.293", "0.0339"]
+    assert benchmark.seconds(1.826, 2) == "1.83" and benchmark.seconds(0.5, 2) == "0.500"
+    args = SimpleNamespace(implementations=["sdlearn-fast"], config="sd-v1", step_size=256,
+                           size=512, steps=50, batch=3, peak_tflops=989)
+    generated = {"framework": "Keras", "image_s": 0.2934, "decode_s": 0.0151,
+                 "image_s_matmul": 5e14, "decode_s_matmul": 5e14, "peak_rss_gb": 9.0,
+                 "peak_device_gb": 21.37}
+    table, _ = benchmark.rows({("sdlearn-fast", "generate"): generated}, args)
+    assert table[0].endswith("| peak RSS GB | s per batch of 3 | image TFLOP/s (% of 989) | "
+                             "peak device GB |")
+    cells = [cell.strip() for cell in table[2].strip("|").split("|")]
+    assert cells[5:7] == ["0.293", "0.0151"] and cells[9] == "0.880" and cells[11] == "21.4"
+    tflops = benchmark.task_flop(args)[2] / 0.2934 / 1e12  # one image's FLOPs over its time
+    assert cells[10] == f"{tflops:.1f} ({100 * tflops / 989:.1f}%)"
+    args.config = "test"  # FLOPs not counted: an empty cell, not "nan (nan%)"
+    table, _ = benchmark.rows({("sdlearn-fast", "generate"): generated}, args)
+    assert [cell.strip() for cell in table[2].strip("|").split("|")][10] == ""
+
+
 def test_benchmark_records_the_xla_flags_it_ran_with(monkeypatch, tmp_path, capsys):
     """XLA_FLAGS changes what XLA compiles (RESULTS.md measures one), so a run's printed command
     and its JSON carry them: the command reproduces the run. (The worker of an unknown
