@@ -410,7 +410,7 @@ def test_benchmark_table_states_ratios_to_the_matmul_rate(monkeypatch):
 
 def test_benchmark_table_gives_a_gpu_batch_its_digits(monkeypatch):
     """On a GPU a batch of 3 images takes under a second and the target is a time per batch: the
-    table prints three significant digits and the batch's time, never "nan"."""
+    table prints times under a second to three significant digits, the batch's time, no "nan"."""
     from types import SimpleNamespace
 
     benchmark = benchmark_script("benchmark", monkeypatch)
