@@ -241,8 +241,8 @@ def winograd_conv(x, kernel):
     # each wait for its layer's input. The same numbers; only the schedule changes.
     u = winograd_kernel(kernel + 0 * x[0, 0, 0, 0])  # (16, C_in, C_out)
     # The 16 products as one batched product, like the kernel's transform on stacked tensors:
-    # fewer, larger operations for XLA to compile, 0.2 GB less at the UNet's compilation than 16
-    # separate ones, for 2% more time per step (benchmarks/RESULTS.md, "Fewer operations").
+    # fewer, larger operations for XLA to compile (the two together: 0.2 GB less at the UNet's
+    # compilation, benchmarks/RESULTS.md, "Fewer operations").
     products = ops.unstack(ops.einsum("xbnmi,xio->xbnmo", ops.stack(v), u))  # 16 x (B, n, m, C_out)
     cols = [combine(WINOGRAD_AT, products[b::4]) for b in range(4)]  # A^T M: [b][dy]
     y = [ops.stack(combine(WINOGRAD_AT, [c[dy] for c in cols]), axis=3) for dy in range(2)]
