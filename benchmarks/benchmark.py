@@ -509,9 +509,9 @@ def rows(results, args):
         if args.batch > 1:
             cells.append(seconds(gen["image_s"] * args.batch) if "image_s" in gen else "")
         if args.peak_tflops:
-            tflops = image_flop / gen["image_s"] / 1e12 if "image_s" in gen else float("nan")
-            cells += [f"{tflops:.1f} ({100 * tflops / args.peak_tflops:.1f}%)"
-                      if tflops == tflops else "",  # nan: not counted (the toy configuration)
+            image_rate = achieved(image_flop, gen, "image_s")  # None: not timed, or not counted
+            tflops = image_rate[0] / 1e12 if image_rate else None
+            cells += [f"{tflops:.1f} ({100 * tflops / args.peak_tflops:.1f}%)" if tflops else "",
                       f"{gen['peak_device_gb']:.1f}" if "peak_device_gb" in gen else ""]
         table.append("| " + " | ".join(cells) + " |")
     return table, notes
