@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sdlearn.config import SD_V1, TINY
+
 
 def _parser():
     parser = argparse.ArgumentParser(prog="sdlearn", description=__doc__,
@@ -33,7 +35,8 @@ def _parser():
     generate.add_argument("--negative-prompt", default=None)
     generate.add_argument("--steps", type=int, default=50)
     generate.add_argument("--guidance", type=float, default=None,
-                          help="classifier-free guidance scale (default: 7.5 sd-v1, 5 tiny)")
+                          help="classifier-free guidance scale (default: "
+                          f"{SD_V1.guidance_scale:g} sd-v1, {TINY.guidance_scale:g} tiny)")
     generate.add_argument("--seed", type=int, default=None)
     generate.add_argument("--batch-size", type=int, default=1)
     generate.add_argument("--size", type=int, nargs="+", metavar="PIXELS",

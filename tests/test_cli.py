@@ -38,6 +38,12 @@ def test_bad_command_lines_are_usage_errors(argv, words, capsys):
     assert exit_.value.code == 2 and words in capsys.readouterr().err
 
 
+def test_generate_help_gives_each_model_its_default_guidance(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    assert "(default: 7.5 sd-v1, 3 tiny)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_tiny_weights_missing_is_a_clear_error_not_random_weights(tmp_path, monkeypatch, capsys):
     from sdlearn import pipeline
 
