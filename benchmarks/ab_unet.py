@@ -23,10 +23,10 @@ from keras import ops
 from keras.src.legacy.saving import legacy_h5_format
 from keras_cv.src.models.stable_diffusion.diffusion_model import DiffusionModel
 
+from benchmark import UNET_FLOP  # the sibling script
 from sdlearn.config import SD_V1
 from sdlearn.unet import UNet
 
-UNET_FLOP = {32: 0.180e12, 64: 0.803e12}  # per image per call (REFERENCE.md)
 MATMUL_FLOP = 9 * 2 * 2048 * 3072 * 3072
 
 

@@ -1,6 +1,6 @@
 """sdlearn, KerasCV and diffusers side by side: the same Stable Diffusion v1, random weights.
 
-    python benchmarks/benchmark.py                          # CPU defaults (about 40 min here)
+    python benchmarks/benchmark.py                          # CPU defaults (13-33 min here)
     python benchmarks/benchmark.py --config test            # a smoke test of the script (minutes)
     python benchmarks/benchmark.py --implementations sdlearn,sdlearn-loop --tasks step
 
@@ -14,7 +14,7 @@ the best matmul rate of that window (``timed``). Two tasks:
 
 - ``step``: one guided DDIM step (UNet on the prompt and on the empty prompt, guidance, DDIM
   update), timed ``--repeats`` times after a warm-up (which compiles), at ``--step-size`` px.
-  Reported: the best step, in seconds and as FLOP/s (REFERENCE.md's FLOP counts).
+  Reported: the best step, in seconds and as FLOP/s (the FLOP counts below).
 - ``generate``: text to image end to end (encode both prompts, ``--steps`` steps, decode) at
   ``--size`` px after a warm-up generation of 1 step (which compiles; of ``--steps`` steps for
   a compiled loop, one program per number of steps), then the decoder alone, best of
@@ -56,7 +56,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# FLOPs per call, counted with PyTorch's FLOP counter on the same architecture (REFERENCE.md):
+# FLOPs per call, counted with PyTorch's FLOP counter on the same architecture (the project's
+# design notes, REFERENCE.md; chapter 8 and unet_layers.py recount the UNet's from its layers):
 # UNet per image at a latent side (pixels / 8), decoder per image at a pixel side, text encoder.
 UNET_FLOP = {32: 0.180e12, 64: 0.803e12}
 DECODER_FLOP = {256: 0.62e12, 512: 2.51e12}

@@ -7,9 +7,10 @@ same call (batch 2, as in a guided step; random weights) apart: every top-level 
 UNet (ResBlocks, transformers, down- and up-sampling convolutions, concatenations) is compiled
 alone by XLA and timed on the inputs it gets inside the model. Per kind of layer and input
 shape it prints how many there are, their time, their FLOPs (convolutions, dense layers and
-the two attention products, counted like REFERENCE.md), FLOP/s as a share of the float32 matmul
-rate measured before and after, and the milliseconds lost against that rate. The FLOPs add up
-to REFERENCE.md's count (checked); the times add up to about the whole call (printed).
+the two attention products, counted as PyTorch's FLOP counter counts them), FLOP/s as a share of
+the float32 matmul rate measured before and after, and the milliseconds lost against that rate.
+The FLOPs add up to ``benchmark.UNET_FLOP``, PyTorch's count (checked); the times add up to
+about the whole call (printed).
 """
 
 import argparse
@@ -93,7 +94,7 @@ def main():
         total_s, total_flop = total_s + seconds, total_flop + flop
     rates.append(matmul_rate(matmul))
     rate = max(rates)
-    assert abs(total_flop - 2 * UNET_FLOP[side]) < 0.01 * total_flop, total_flop  # = REFERENCE
+    assert abs(total_flop - 2 * UNET_FLOP[side]) < 0.01 * total_flop, total_flop
 
     whole = tf.function(lambda *x: unet(list(x)), jit_compile=True)
     whole(*inputs)

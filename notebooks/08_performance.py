@@ -212,7 +212,7 @@ print(f"attention matmuls at the 64x64 level: {counts[64, 'attention matmuls'] /
 # twice (prompt and empty prompt). For $n$ steps:
 #
 # $$\text{FLOP}_\text{image} = 2 n\,F_\text{UNet} + F_\text{decoder} + 2 F_\text{text}
-#   = 2 \cdot 50 \cdot 0.803 + 2.51 + 0.026 \approx 82.9 \text{ TFLOP} \quad (n = 50).$$
+#   = 2 \cdot 50 \cdot 0.803 + 2.51 + 0.026 \approx 82.8 \text{ TFLOP} \quad (n = 50).$$
 #
 # Dividing by what the hardware can do gives a **floor**: no implementation can be faster.
 # The rate of a large float32 matrix multiply is the practical ceiling of a CPU (the project's
@@ -560,7 +560,7 @@ for d, r in dtype_rates.items():
 # sdlearn's attention writes out what chapter 3 explained: the scores
 # $S = QK^\top/\sqrt d$, a softmax over each row, then $SV$. One setting,
 # `sdlearn.layers.ATTENTION`, chooses how that is computed: `"einsum"`, as written, all heads
-# at once (what chapters 3 and 5 read and plot); `"blocked"`, the same einsums one head and one
+# at once (what chapters 2 and 3 read and plot); `"blocked"`, the same einsums one head and one
 # block of queries at a time (the default); `"fused"`, the backend's own kernel:
 
 # %%
@@ -608,7 +608,7 @@ for name, (tq, tk) in {"64x64 self": (4096, 4096), "64x64 cross": (4096, 77),
 # Nothing else changes: each score is the same dot product, each row's softmax the same sum
 # over the same keys, so the result is the same, not just close. The tiny model's attention is
 # small enough whole (`query_block` is None), so chapters 0 to 7 never took this path. To see
-# it work we compile both kernels on the attention of SD's 32x32 level (batch 2, 1024 pixels,
+# it work we compile the three kernels on the attention of SD's 32x32 level (batch 2, 1024 pixels,
 # 8 heads of 80): a model of one operation, compiled with XLA like the UNet in section 3.
 
 # %%
@@ -811,8 +811,8 @@ print(f"(the float32 matmul of section 2, measured again now: {matmul_rate() / 1
 
 # %% [markdown]
 # Counted with the direct convolution's FLOPs, as every table of this chapter counts them, the
-# Winograd convolution reaches a rate the direct one cannot (on the course's Zen 4 machine, above
-# the matmul rate itself): the multiply units are not busier, there is less to multiply. The tiny
+# Winograd convolution reaches a rate the direct one cannot (in the run committed here, above the
+# matmul rate itself): the multiply units are not busier, there is less to multiply. The tiny
 # model could take this path too (its convolutions are 3x3 on even sides), but it is all overhead
 # (section 3), so the chapters before this one keep the direct convolution, which is also what
 # KerasCV computes. At full size `benchmarks/benchmark.py` has the switch as the implementation
