@@ -283,7 +283,7 @@ except ValueError as error:
 # it is still a red disc in the top left on black. This prompt is an easy one: over many
 # prompts guidance matters. `sdlearn evaluate` (chapter 6) finds the shape right on 86% of
 # 160 images without guidance against 95% at the default guidance of 3, and every attribute
-# at once right on 63% against 93%. (3.) Sides must be multiples of 16 on the
+# at once right on 62.5% against 93%. (3.) Sides must be multiples of 16 on the
 # tiny track (8 for the VAE, times 2 for the UNet's one halving; 64 on sd-v1), and the error
 # says which sizes would work.
 #

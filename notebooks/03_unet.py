@@ -283,13 +283,13 @@ print(f"SpatialTransformer 16x16x320, 8 heads of 40: {n} weights copied, "
 # the same code, traced by Keras *symbolically* at a 64x64 latent (shapes only, no
 # arithmetic). A table needs the weights' shapes, not their 860 million values, so we build
 # it inside `keras.StatelessScope(initialize_variables=False)`: each variable is declared
-# with its shape and initializer, and nothing is drawn or allocated. That saves a third of
-# the time (~20 s instead of ~30 s on 2 cores: the build itself takes 11 s instead of 22) and
-# needs ~0.6 GB instead of ~4 GB.
+# with its shape and initializer, and nothing is drawn or allocated, so the 3.4 GB that
+# 859.5 million float32 weights would fill (4 bytes each) are never made, nor the random
+# numbers drawn to fill them.
 
 # %%
-# ~6-20 s, ~0.6 GB on a 2-core CPU (up to a minute on a shared machine): builds SD v1's UNet
-# without allocating its weights, and traces its shapes
+# ~6-20 s and ~0.1 GB more memory on a 2-core CPU (up to a minute on a shared machine): builds
+# SD v1's UNet without allocating its weights, and traces its shapes
 start = time.perf_counter()
 shapes_only = keras.StatelessScope(initialize_variables=False)
 with shapes_only:

@@ -332,8 +332,8 @@ show_images(np.concatenate([originals, reconstructed]),
 # 255 levels). What is lost: sharp edges (everything is slightly blurred, the square's corners
 # rounded), and on gray backgrounds a faint coloured halo appears around the shape (blue
 # around the orange and the yellow circle, images 0 and 5; yellow under the blue triangle,
-# image 2), which is why the gray images have the largest errors (4.5 to 7.1) and the two on
-# black the smallest (2.5 and 4.1).
+# image 2), which is why the two largest errors are on gray (images 2 and 5, 7.1 and 6.2) and
+# the two smallest on black (2.5 and 4.1).
 #
 # ## 6. A walk through latent space
 #

@@ -26,7 +26,7 @@
 #    works.
 #
 # This chapter reads the training code, runs it in its QUICK mode (20 steps per stage: every
-# code path, in 40 s to two minutes on an idle 2-core CPU, but far too few steps to learn to
+# code path, in 40-125 s on an idle 2-core CPU, but far too few steps to learn to
 # draw), then looks at the shipped model that the FULL plan produced: its numbers, its
 # pictures, and its measured prompt adherence.
 
@@ -109,7 +109,7 @@ show_source(train.DiffusionTrainer)
 # Keras reports it).
 
 # %%
-# ~40-125 s on an idle 2-core CPU (autoencoder 11-30 s, CLIP 4-11 s, UNet 26-65 s), ~250 s when
+# ~40-125 s on an idle 2-core CPU (autoencoder 11-31 s, CLIP 4-11 s, UNet 26-67 s), ~250 s when
 # shared with other jobs; ~2.3 GB peak memory (printed below): three stages of 20 steps each,
 # most of the time spent tracing each stage's training step into a TensorFlow graph
 import shutil
