@@ -298,7 +298,6 @@ def run_kerascv(args):
 def run_diffusers(args, variant):
     if args.config != "sd-v1":
         raise RuntimeError("the diffusers models are built at full size only (--config sd-v1)")
-    import numpy as np
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
