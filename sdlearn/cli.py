@@ -9,12 +9,11 @@ model, measure how well it follows prompts.
 """
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from sdlearn.config import SD_V1, TINY
+from sdlearn.checks import non_negative_float, non_negative_int, positive_int
+from sdlearn.config import SD_V1, TINY, get_config
 
 
 def _parser():
@@ -24,7 +23,7 @@ def _parser():
 
     generate = commands.add_parser("generate", help="text to image")
     generate.add_argument("prompt")
-    generate.add_argument("-o", "--output", default="out.png", type=Path,
+    generate.add_argument("-o", "--output", default="out.png", type=png_path,
                           help="PNG path (with --batch-size N: name-0.png ... name-(N-1).png)")
     generate.add_argument("--model", choices=("tiny", "sd-v1"), default="tiny",
                           help="tiny: shipped, offline (default); sd-v1: SD v1.4 weights")
@@ -33,13 +32,13 @@ def _parser():
     generate.add_argument("--download", action="store_true",
                           help="with --model sd-v1: download missing weights first")
     generate.add_argument("--negative-prompt", default=None)
-    generate.add_argument("--steps", type=int, default=50)
-    generate.add_argument("--guidance", type=float, default=None,
+    generate.add_argument("--steps", type=positive_int, default=50)
+    generate.add_argument("--guidance", type=non_negative_float, default=None,
                           help="classifier-free guidance scale (default: "
                           f"{SD_V1.guidance_scale:g} sd-v1, {TINY.guidance_scale:g} tiny)")
-    generate.add_argument("--seed", type=int, default=None)
-    generate.add_argument("--batch-size", type=int, default=1)
-    generate.add_argument("--size", type=int, nargs="+", metavar="PIXELS",
+    generate.add_argument("--seed", type=non_negative_int, default=None)
+    generate.add_argument("--batch-size", type=positive_int, default=1)
+    generate.add_argument("--size", type=positive_int, nargs="+", metavar="PIXELS",
                           help="one side for a square image, or HEIGHT WIDTH")
     generate.add_argument("--no-xla", action="store_true", help="do not jit-compile with XLA")
 
@@ -59,34 +58,42 @@ def _parser():
     return parser
 
 
+def png_path(text):
+    """An argparse type: the output path, which must name a .png file (PNG is what we write)."""
+    path = Path(text)
+    if path.suffix.lower() != ".png" or path.is_dir():
+        raise argparse.ArgumentTypeError(f"must be a path ending in .png, got {text!r}")
+    return path
+
+
 def _save_png(image, path, metadata):
     """Write atomically: a PNG appears complete or not at all."""
     from PIL import Image, PngImagePlugin
+
+    from sdlearn.weights import atomic_write
 
     info = PngImagePlugin.PngInfo()
     for key, value in metadata.items():
         info.add_text(key, str(value))
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".png.part")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            Image.fromarray(image).save(f, format="PNG", pnginfo=info)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG", pnginfo=info))
 
 
 def generate_command(args):
-    from sdlearn.pipeline import StableDiffusion
+    from sdlearn.pipeline import StableDiffusion, check_request
 
+    if args.size and len(args.size) > 2:
+        raise ValueError(f"--size takes one side (a square) or HEIGHT WIDTH, got {args.size}")
+    size = None if not args.size else args.size[0] if len(args.size) == 1 else tuple(args.size)
+    # Every option is checked before a model is built (or 4.3 GB downloaded).
+    check_request(get_config(args.model), args.batch_size, args.steps, args.guidance, args.seed,
+                  size)
     weights = None if args.weights == "random" else "default"
     sd = StableDiffusion(args.model, weights=weights, download=args.download,
                          jit_compile=not args.no_xla)
     images = sd.text_to_image(args.prompt, negative_prompt=args.negative_prompt,
                               batch_size=args.batch_size, num_steps=args.steps,
-                              guidance_scale=args.guidance, seed=args.seed,
-                              image_size=tuple(args.size) if args.size else None)
+                              guidance_scale=args.guidance, seed=args.seed, image_size=size)
     guidance = sd.config.guidance_scale if args.guidance is None else args.guidance
     metadata = {"prompt": args.prompt, "negative_prompt": args.negative_prompt or "",
                 "steps": args.steps, "guidance": guidance, "seed": args.seed,

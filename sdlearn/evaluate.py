@@ -17,13 +17,13 @@ guidance) and at the tiny model's default guidance scale, 3 (``TINY.guidance_sca
     sdlearn evaluate --seen 40 --held-out 40 --guidance 1 3 5 7.5
 """
 
-import argparse
 import time
 
 import numpy as np
 
 from sdlearn import shapes
-from sdlearn.checks import positive_int
+from sdlearn.checks import (check_int, check_number, non_negative_float, non_negative_int,
+                            positive_int)
 from sdlearn.config import TINY
 from sdlearn.pipeline import StableDiffusion
 
@@ -72,13 +72,13 @@ def evaluate(model=None, num_seen=160, num_held_out=96, guidance_scales=(1.0, DE
     """Accuracy per attribute: {guidance: {"seen" | "held-out": {attribute: fraction}}}, plus
     the images under result["images"][guidance][group] for a look."""
     for name, value, low in [("num_seen", num_seen, 0), ("num_held_out", num_held_out, 0),
-                             ("num_steps", num_steps, 1), ("batch_size", batch_size, 1)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+                             ("num_steps", num_steps, 1), ("batch_size", batch_size, 1),
+                             ("seed", seed, 0)]:
+        check_int(name, value, low)
     if num_seen + num_held_out == 0:
         raise ValueError("nothing to evaluate: num_seen and num_held_out are both 0")
-    if any(not g >= 0 for g in guidance_scales):
-        raise ValueError(f"guidance scales must be >= 0, got {list(guidance_scales)}")
+    for guidance_scale in guidance_scales:
+        check_number("guidance_scale", guidance_scale, 0)
     model = model or TinyModel(weights_dir)
     groups = {g: s for g, s in evaluation_scenes(num_seen, num_held_out, seed).items() if s}
     result = {"images": {}}
@@ -126,20 +126,6 @@ def target_report(result):
     return lines
 
 
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def non_negative_float(text):
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def build_parser(parser):
     """Add ``sdlearn evaluate``'s options to ``parser`` (its subcommand parser in sdlearn.cli)."""
     parser.add_argument("--seen", type=non_negative_int, default=160,
@@ -149,7 +135,7 @@ def build_parser(parser):
     parser.add_argument("--guidance", type=non_negative_float, nargs="+",
                         default=[1.0, DEFAULT_GUIDANCE], help="guidance scales to evaluate")
     parser.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--weights", default=None,
                         help="a directory of tiny weights (default: the shipped ones)")

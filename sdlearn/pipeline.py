@@ -9,12 +9,13 @@ ships; ``"sd-v1"`` runs Stable Diffusion v1.4 with KerasCV's published weights (
 """
 
 import numbers
+import os
 from pathlib import Path
 
 import numpy as np
 
 from sdlearn import fast, sampler
-from sdlearn.checks import check_bool, check_choice, check_int
+from sdlearn.checks import check_bool, check_choice, check_int, check_number
 from sdlearn.config import StableDiffusionConfig, get_config
 from sdlearn.text_encoder import TextEncoder
 from sdlearn.tokenizer import Tokenizer
@@ -54,9 +55,47 @@ def _check_arguments(config, weights, dtype_policy, **switches):
         raise ValueError(f"weights must be 'default', a dict of paths or None, got {weights!r}")
     if isinstance(weights, dict) and set(weights) != set(MODEL_NAMES):
         raise ValueError(f"weights must have the keys {MODEL_NAMES}, got {tuple(weights)}")
+    for name, path in (weights.items() if isinstance(weights, dict) else ()):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"weights[{name!r}] must be the path of a .h5 file, got {path!r}")
     for name, value in switches.items():
         check_bool(name, value)
     check_choice("dtype_policy", dtype_policy, fast.DTYPE_POLICIES)
+
+
+def check_image_size(config, image_size):
+    """(height, width) of ``image_size``: None (the config's side), one int (a square) or
+    (height, width); each side must divide into the VAE's 8 and the UNet's halvings."""
+    size = config.image_size if image_size is None else image_size
+    if isinstance(size, numbers.Integral):
+        size = (size, size)
+    if isinstance(size, str) or np.ndim(size) != 1 or len(size) != 2:
+        raise ValueError(f"image_size must be one int (a square) or (height, width), "
+                         f"got {image_size!r}")
+    height, width = size
+    f = config.vae.downsampling_factor * config.unet.downsampling_factor  # 8 * 2^halvings
+    for name, value in (("height", height), ("width", width)):
+        check_int(f"image {name}", value, 1)
+        if value % f:
+            lower, upper = value // f * f, (value // f + 1) * f
+            raise ValueError(
+                f"image {name} {value} is not a multiple of {f}: the VAE divides it by "
+                f"{config.vae.downsampling_factor} and the UNet halves it "
+                f"{len(config.unet.channels) - 1} more times. Use "
+                f"{' or '.join(str(v) for v in (lower, upper) if v > 0)}.")
+    return height, width
+
+
+def check_request(config, batch_size, num_steps, guidance_scale, seed, image_size):
+    """Name a wrong number of a generation before any model runs (or is built, or downloaded:
+    ``sdlearn generate`` checks its options this way first); returns (height, width)."""
+    check_int("batch_size", batch_size, 1)
+    check_int("num_steps", num_steps, 1, len(sampler.ALPHAS_CUMPROD))
+    if guidance_scale is not None:
+        check_number("guidance_scale", guidance_scale, 0)
+    if seed is not None:
+        check_int("seed", seed, 0)
+    return check_image_size(config, image_size)
 
 
 class StableDiffusion:
@@ -108,11 +147,6 @@ class StableDiffusion:
             self._image_encoder.compile(jit_compile=self.jit_compile)
         return self._image_encoder
 
-    @property
-    def latent_factor(self):
-        """Pixels per latent pixel (8) times the UNet's own halvings: image sides must divide."""
-        return self.config.vae.downsampling_factor * self.config.unet.downsampling_factor
-
     def encode_text(self, prompt, truncate=False):
         """prompt (str or list of B str) -> context (B, 77, D)."""
         return self.text_encoder.predict_on_batch(self.tokenizer(prompt, truncate=truncate))
@@ -130,8 +164,8 @@ class StableDiffusion:
         ``noise``: the initial latent (batch_size, H/8, W/8, 4), instead of drawing it from
         ``seed``. ``callback(i, t, x_t, pred_x0)`` sees every step (see ``sampler.sample``).
         """
-        check_int("batch_size", batch_size, 1)
-        height, width = self._check_size(image_size)
+        height, width = check_request(self.config, batch_size, num_steps, guidance_scale, seed,
+                                      image_size)
         f = self.config.vae.downsampling_factor  # pixels per latent pixel: 8
         shape = (batch_size, height // f, width // f, self.config.unet.latent_channels)
         x_t = self._initial_noise(shape, seed, noise)
@@ -147,10 +181,12 @@ class StableDiffusion:
         steps remain (strength 0: unchanged, 1: forgotten), then denoised with the prompt.
         """
         images = _check_image(image)
-        self._check_size(images.shape[1:3])
+        check_request(self.config, len(images), num_steps, guidance_scale, seed,
+                      images.shape[1:3])
         start = sampler.img2img_start(num_steps, strength)
         x0 = self.image_encoder.predict_on_batch(images.astype("float32") / 127.5 - 1.0)
-        if start == num_steps:  # strength 0: nothing to denoise
+        if start == num_steps:  # strength 0: nothing to denoise (the prompts are still checked)
+            self.tokenizer(prompt), self.tokenizer(negative_prompt or "")
             return self.decode(x0)
         noise = self._initial_noise(x0.shape, seed, None)
         alpha = sampler.ALPHAS_CUMPROD[sampler.ddim_timesteps(num_steps)[start]]
@@ -162,6 +198,9 @@ class StableDiffusion:
     def decode(self, latent):
         """Latent (B, h, w, 4) -> uint8 image (B, 8h, 8w, 3): [-1, 1] mapped to 0..255."""
         latent = np.asarray(latent, "float32")  # one dtype: a float64 input would retrace
+        channels = self.config.unet.latent_channels
+        if latent.ndim != 4 or latent.shape[-1] != channels:
+            raise ValueError(f"latent must have shape (B, h, w, {channels}), got {latent.shape}")
         image = np.asarray(self.decoder.predict_on_batch(latent), "float32")
         return np.clip((image + 1.0) * 127.5, 0, 255).astype("uint8")
 
@@ -169,6 +208,8 @@ class StableDiffusion:
                 start_step, callback):
         if guidance_scale is None:
             guidance_scale = self.config.guidance_scale
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be a function (i, t, x_t, pred_x0), got {callback!r}")
         # One prompt (1, 77, D) is shared by the batch (the sampler repeats it); or B prompts.
         context, unconditional = (self.encode_text(p) for p in (prompt, negative_prompt or ""))
         for name, c in (("prompt", context), ("negative_prompt", unconditional)):
@@ -189,29 +230,17 @@ class StableDiffusion:
         if noise is not None:
             if seed is not None:
                 raise ValueError("Pass either noise or seed, not both: seed only draws noise.")
-            noise = np.asarray(noise, dtype="float32")
+            try:
+                noise = np.asarray(noise, dtype="float32")
+            except (TypeError, ValueError):
+                raise TypeError(f"noise must be an array of numbers, got {noise!r}") from None
             if noise.shape != tuple(shape):
                 raise ValueError(f"noise must have shape {tuple(shape)}, got {noise.shape}")
+            if not np.isfinite(noise).all():  # NaN would spread to every pixel: a black image
+                raise ValueError("noise has NaN or infinite values")
             return noise
-        if seed is not None:
-            check_int("seed", seed, 0)
         # numpy's generator: the same seed gives the same noise on every Keras backend.
         return np.random.default_rng(seed).standard_normal(shape).astype("float32")
-
-    def _check_size(self, image_size):
-        size = image_size or self.config.image_size
-        height, width = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
-        f = self.latent_factor
-        for name, value in (("height", height), ("width", width)):
-            check_int(f"image {name}", value, 1)
-            if value % f:
-                lower, upper = value // f * f, (value // f + 1) * f
-                raise ValueError(
-                    f"image {name} {value} is not a multiple of {f}: the VAE divides it by "
-                    f"{self.config.vae.downsampling_factor} and the UNet halves it "
-                    f"{len(self.config.unet.channels) - 1} more times. Use "
-                    f"{' or '.join(str(v) for v in (lower, upper) if v > 0)}.")
-        return height, width
 
 
 def _check_image(image):

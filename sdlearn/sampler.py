@@ -18,12 +18,11 @@ DDIM (``sample``: the SD paper's and KerasCV's) and Euler on Karras et al.'s noi
 so the loop body can be jit-compiled and runs on any Keras backend.
 """
 
-import numbers
 
 import numpy as np
 from keras import ops
 
-from sdlearn.checks import check_int
+from sdlearn.checks import check_int, check_number
 
 
 # --- The noise schedule -------------------------------------------------------------------------
@@ -217,20 +216,14 @@ def img2img_start(num_steps, strength):
     timestep to noise it to).
     """
     check_int("num_steps", num_steps, 1)
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
-        raise TypeError(f"strength must be a number in [0, 1], got {strength!r}")
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    check_number("strength", strength, 0, 1)
     return num_steps - round(strength * num_steps)
 
 
 # --- Argument checks ----------------------------------------------------------------------------
 
 def _check_inputs(noise, context, unconditional_context, guidance_scale):
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
-        raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
-    if not guidance_scale >= 0:
-        raise ValueError(f"guidance_scale must be >= 0 (1: no guidance), got {guidance_scale}")
+    check_number("guidance_scale", guidance_scale, 0)  # 1: no guidance
     x = ops.cast(noise, "float32")
     if len(x.shape) != 4:
         raise ValueError(f"noise must have shape (B, h, w, C), got {tuple(x.shape)}")

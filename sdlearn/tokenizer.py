@@ -146,6 +146,10 @@ class Tokenizer:
         Each ``</w>`` becomes a space, so ``decode(encode(x)) == x`` for lowercase words with
         single spaces; punctuation comes back space-separated ("a cat , a dog").
         """
+        unknown = [i for i in ids if i not in self.id_to_token]
+        if unknown:
+            raise ValueError(f"ids {unknown[:5]} are not in the vocabulary (0 to "
+                             f"{len(self.id_to_token) - 1})")
         chars = "".join(self.id_to_token[i] for i in ids if i not in (START_TOKEN, END_TOKEN))
         data = bytes(self.char_to_byte[c] for c in chars)
         return data.decode("utf-8", errors="replace").replace("</w>", " ").strip()
@@ -171,8 +175,9 @@ class Tokenizer:
             if len(ids) > MAX_LENGTH and not truncate:
                 raise ValueError(
                     f"Prompt {row} is {len(ids)} tokens long (start and end tokens included), "
-                    f"more than the limit of {MAX_LENGTH}. Shorten it, or pass truncate=True "
-                    f"to keep its first {MAX_LENGTH - 1} tokens and end it with END_TOKEN."
+                    f"more than the limit of {MAX_LENGTH}. Shorten it (or tokenize it with "
+                    f"truncate=True, which keeps its first {MAX_LENGTH - 1} tokens and ends it "
+                    "with END_TOKEN)."
                 )
             ids = ids[: MAX_LENGTH - 1] + [END_TOKEN] if len(ids) > MAX_LENGTH else ids
             batch[row, : len(ids)] = ids

@@ -56,7 +56,7 @@ from sdlearn.text_encoder import TextEncoder
 from sdlearn.tokenizer import Tokenizer
 from sdlearn.unet import UNet
 from sdlearn.vae import Decoder, ImageEncoder
-from sdlearn.checks import positive_int
+from sdlearn.checks import non_negative_int, positive_int
 from sdlearn.weights import WeightsCorruptError, atomic_write, file_sha256
 
 STAGES = ("autoencoder", "text_encoder", "unet")
@@ -708,7 +708,7 @@ def tiny_weights(directory=None):
     if not manifest_path.is_file():
         raise FileNotFoundError(f"the tiny model's manifest {manifest_path} is missing; "
                                 "reinstall sdlearn or rebuild it with `sdlearn train`")
-    files = json.loads(manifest_path.read_text())["files"]
+    files = tiny_manifest(directory)["files"]
     paths = {}
     for name in MODEL_FILES:
         path = directory / files[name]["file"]
@@ -723,9 +723,19 @@ def tiny_weights(directory=None):
 
 
 def tiny_manifest(directory=None):
-    """The manifest of the shipped (or given) tiny weights, as a dict."""
-    directory = Path(directory) if directory is not None else SHIPPED_DIR
-    return json.loads((directory / MANIFEST).read_text())
+    """The manifest of the shipped (or given) tiny weights, as a dict; raises
+    WeightsCorruptError naming the file if it is not one that ``sdlearn train`` wrote."""
+    path = (Path(directory) if directory is not None else SHIPPED_DIR) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        for name in MODEL_FILES:  # read each field tiny_weights and TinyModel use: a missing
+            manifest["files"][name]["file"], manifest["files"][name]["sha256"]  # one raises
+        float(manifest["latent_scale"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise WeightsCorruptError(f"{path} is not a manifest written by `sdlearn train` "
+                                  f"({type(error).__name__}: {error}); rebuild the weights with "
+                                  "`sdlearn train`") from None
+    return manifest
 
 
 # ---- Command line ----------------------------------------------------------------------
@@ -743,7 +753,7 @@ def build_parser(parser):
                         help="continue the run in --checkpoint-dir")
     parser.add_argument("--steps", type=positive_int, default=None,
                         help="training steps for each selected stage (default: the plan's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     return parser
 
 

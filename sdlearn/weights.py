@@ -128,7 +128,7 @@ def _mark_verified(path, sha256):
 
 def _is_verified(path, sha256):
     marker = _marker(path)
-    if marker.is_file() and marker.read_text() == _stamp(path, sha256):
+    if marker.is_file() and marker.read_bytes() == _stamp(path, sha256).encode():  # any junk: no
         return True
     if file_sha256(path) != sha256:
         return False
@@ -278,7 +278,8 @@ def load_h5(model, path):
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"weights file {path} does not exist")
+        raise ValueError(f"weights file {path} " + ("is a directory" if path.is_dir() else
+                                                    "does not exist"))
     model_layers = [(layer, w) for layer in model.layers if (w := _legacy_weights(layer))]
     try:
         with h5py.File(path, "r") as f:

@@ -101,10 +101,12 @@ def test_markdown_table(result):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(num_seen=-1), "num_seen must be an integer >= 0, got -1"),
-    (dict(num_steps=0), "num_steps must be an integer >= 1, got 0"),
+    (dict(num_seen=-1), "num_seen must be >= 0, got -1"),
+    (dict(num_steps=0), "num_steps must be >= 1, got 0"),
+    (dict(seed=-1), "seed must be >= 0, got -1"),
     (dict(num_seen=0, num_held_out=0), "nothing to evaluate"),
-    (dict(guidance_scales=(-2.0,)), "guidance scales must be >= 0"),
+    (dict(guidance_scales=(-2.0,)), "guidance_scale must be a finite number >= 0, got -2.0"),
+    (dict(guidance_scales=(float("inf"),)), "guidance_scale must be a finite number >= 0"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -114,7 +116,9 @@ def test_bad_arguments(kwargs, message):
 @pytest.mark.parametrize("argv, message", [
     (["--seen", "-4"], "must be >= 0, got -4"),
     (["--steps", "0"], "must be a positive integer, got 0"),
-    (["--guidance", "-1"], "must be >= 0, got -1.0"),
+    (["--guidance", "-1"], "must be a finite number >= 0, got -1.0"),
+    (["--guidance", "nan"], "must be a finite number >= 0, got nan"),
+    (["--seed", "-1"], "must be >= 0, got -1"),
 ])
 def test_command_line_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

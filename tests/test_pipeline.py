@@ -64,7 +64,16 @@ def test_image_to_image(sd):
     ({"batch_size": 0}, ValueError, "batch_size must be >= 1, got 0"),
     ({"batch_size": 1.5}, TypeError, "batch_size must be an integer"),
     ({"num_steps": 0}, ValueError, "num_steps"),
-    ({"guidance_scale": -1.0}, ValueError, "guidance_scale must be >= 0"),
+    ({"guidance_scale": -1.0}, ValueError, "guidance_scale must be a finite number >= 0"),
+    ({"guidance_scale": float("inf")}, ValueError, "guidance_scale must be a finite number"),
+    ({"image_size": 0}, ValueError, "image height must be >= 1, got 0"),
+    ({"image_size": (64,)}, ValueError, r"image_size must be one int \(a square\) or \(height, w"),
+    ({"image_size": (64, 64, 64)}, ValueError, "image_size must be one int"),
+    ({"image_size": 64.0}, ValueError, "image_size must be one int"),
+    ({"image_size": "64"}, ValueError, "image_size must be one int"),
+    ({"noise": np.full((1, 8, 8, 4), np.nan)}, ValueError, "noise has NaN or infinite values"),
+    ({"noise": "abc"}, TypeError, "noise must be an array of numbers"),
+    ({"callback": 5}, TypeError, "callback must be a function"),
     ({"image_size": 100}, ValueError, "height 100 is not a multiple of 32.*Use 96 or 128"),
     ({"image_size": (64, 48)}, ValueError, "width 48 is not a multiple of 32.*Use 32 or 64"),
     ({"seed": -1}, ValueError, "seed must be >= 0"),
@@ -79,14 +88,32 @@ def test_bad_arguments_say_what_is_wrong(sd, kwargs, error, words):
 
 
 @pytest.mark.parametrize("image, kwargs, error, words", [
-    (np.zeros((64, 64, 3), np.uint8), {"strength": 1.5}, ValueError, r"strength must be in \[0, 1\]"),
+    (np.zeros((64, 64, 3), np.uint8), {"strength": 1.5}, ValueError,
+     r"strength must be a finite number in \[0, 1\]"),
+    # strength 0 runs no step, but its arguments are checked all the same
+    (np.zeros((64, 64, 3), np.uint8), {"strength": 0.0, "seed": -5}, ValueError, "seed must be"),
+    (np.zeros((64, 64, 3), np.uint8), {"strength": 0.0, "num_steps": 5000}, ValueError,
+     r"num_steps must be in \[1, 1000\]"),
+    (np.zeros((64, 64, 3), np.uint8), {"strength": 0.0, "guidance_scale": -3}, ValueError,
+     "guidance_scale"),
+    (np.zeros((0, 64, 64, 3), np.uint8), {}, ValueError, "batch_size must be >= 1, got 0"),
     (np.zeros((64, 64, 3), np.float32), {}, TypeError, "uint8"),
     (np.zeros((64, 64), np.uint8), {}, ValueError, r"\(H, W, 3\)"),
     (np.zeros((64, 48, 3), np.uint8), {}, ValueError, "width 48"),
 ])
 def test_bad_images_say_what_is_wrong(sd, image, kwargs, error, words):
     with pytest.raises(error, match=words):
-        sd.image_to_image(image, "a red circle", num_steps=2, **kwargs)
+        sd.image_to_image(image, "a red circle", **{"num_steps": 2, **kwargs})
+
+
+def test_strength_zero_still_checks_the_prompt(sd):
+    with pytest.raises(TypeError, match="prompt"):
+        sd.image_to_image(np.zeros((64, 64, 3), np.uint8), 123, strength=0.0)
+
+
+def test_decode_names_a_latent_of_the_wrong_shape(sd):
+    with pytest.raises(ValueError, match=r"shape \(B, h, w, 4\), got \(1, 8, 8, 3\)"):
+        sd.decode(np.zeros((1, 8, 8, 3)))
 
 
 def test_unknown_model_and_weights():
@@ -101,6 +128,8 @@ def test_unknown_model_and_weights():
     ({"weights": np.zeros(3)}, ValueError, "weights must be 'default', a dict of paths or None"),
     ({"weights": {"unet": "unet.h5"}}, ValueError,
      r"keys \('text_encoder', 'unet', 'decoder', 'image_encoder'\), got \('unet',\)"),
+    ({"weights": dict.fromkeys(("text_encoder", "unet", "decoder", "image_encoder"), 5)},
+     TypeError, r"weights\['text_encoder'\] must be the path of a .h5 file, got 5"),
     ({"config": "tiny"}, TypeError, "config must be a sdlearn.config.StableDiffusionConfig"),
     ({"jit_compile": "yes"}, TypeError, "jit_compile must be True or False, got 'yes'"),
     ({"compiled_loop": 1}, TypeError, "compiled_loop must be True or False, got 1"),

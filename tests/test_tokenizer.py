@@ -153,6 +153,11 @@ def test_decode_ignores_padding(tokenizer):
     assert tokenizer.decode(tokenizer("a red cube")[0]) == "a red cube"
 
 
+def test_decode_names_ids_outside_the_vocabulary(tokenizer):
+    with pytest.raises(ValueError, match=r"ids \[99999, -1\] are not in the vocabulary \(0 to 49"):
+        tokenizer.decode([320, 99999, -1])
+
+
 def test_call_pads_with_end_token(tokenizer):
     prompts = ["a photograph of an astronaut riding a horse", "cat", "", "Hello, World!"]
     batch = tokenizer(prompts)

@@ -251,6 +251,11 @@ def test_corrupt_or_missing_weight_file_is_an_error_naming_it(tmp_path):
     (copy / "decoder.h5").unlink()
     with pytest.raises(FileNotFoundError, match="decoder.h5"):
         train.tiny_weights(copy)
+    shutil.copyfile(train.SHIPPED_DIR / "decoder.h5", copy / "decoder.h5")
+    for text in ("{}", "not json", '{"files": {"unet": 5}}', '{"files": []}'):
+        (copy / "manifest.json").write_text(text)
+        with pytest.raises(WeightsCorruptError, match=r"manifest.json is not a manifest written"):
+            train.tiny_weights(copy)
     (copy / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         train.tiny_weights(copy)

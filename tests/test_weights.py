@@ -362,6 +362,20 @@ def test_file_put_in_place_by_hand(tmp_path, monkeypatch):
     assert (tmp_path / "hand.h5.sha256").read_text().startswith(SHA)
 
 
+def test_a_damaged_marker_costs_a_re_hash_not_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDLEARN_CACHE", str(tmp_path))
+    weight_file = WeightFile("hand.h5", "http://127.0.0.1:9/hand.h5", SHA, len(PAYLOAD))
+    (tmp_path / "hand.h5").write_bytes(PAYLOAD)
+    (tmp_path / "hand.h5.sha256").write_bytes(b"\xff\xfe not text")
+    assert weights_path(weight_file) == tmp_path / "hand.h5"  # re-hashed: the file is good
+    assert (tmp_path / "hand.h5.sha256").read_text().startswith(SHA)  # and a new marker
+
+
+def test_load_h5_says_a_folder_is_not_a_weights_file(tmp_path):
+    with pytest.raises(ValueError, match="is a directory"):
+        load_h5(keras.Sequential([keras.layers.Dense(2)]), tmp_path)
+
+
 def test_registry():
     assert set(PUBLISHED) == {"text_encoder", "unet", "decoder", "image_encoder",
                               "text_encoder_v2", "unet_v2"}
