@@ -728,8 +728,9 @@ def tiny_manifest(directory=None):
     path = (Path(directory) if directory is not None else SHIPPED_DIR) / MANIFEST
     try:
         manifest = json.loads(path.read_text())
-        for name in MODEL_FILES:  # read each field tiny_weights and TinyModel use: a missing
-            manifest["files"][name]["file"], manifest["files"][name]["sha256"]  # one raises
+        # Touch every field that tiny_weights and TinyModel read: a missing one raises here.
+        for name in MODEL_FILES:
+            manifest["files"][name]["file"], manifest["files"][name]["sha256"]
         float(manifest["latent_scale"])
     except (ValueError, KeyError, TypeError) as error:
         raise WeightsCorruptError(f"{path} is not a manifest written by `sdlearn train` "

@@ -128,7 +128,8 @@ def _mark_verified(path, sha256):
 
 def _is_verified(path, sha256):
     marker = _marker(path)
-    if marker.is_file() and marker.read_bytes() == _stamp(path, sha256).encode():  # any junk: no
+    # Compared as bytes: a marker holding junk (not even text) is a mismatch, not an error.
+    if marker.is_file() and marker.read_bytes() == _stamp(path, sha256).encode():
         return True
     if file_sha256(path) != sha256:
         return False
